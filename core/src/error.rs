@@ -1,0 +1,117 @@
+//! The one error type of `igpt-core`.
+
+use core::fmt;
+
+/// Everything that can go wrong in `igpt-core`. No input makes the core panic: each
+/// problem is one of these.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The palette size k is 0 or above [`crate::config::MAX_VOCAB`] (512).
+    BadVocab(usize),
+    /// The image side is 0 or its square exceeds [`crate::config::MAX_SEQ_LEN`].
+    BadSide(usize),
+    /// The model width is 0.
+    BadWidth(usize),
+    /// The number of heads is 0.
+    BadHeads(usize),
+    /// The width is not divisible by the number of heads.
+    WidthNotDivisible {
+        /// Model width d.
+        width: usize,
+        /// Number of heads.
+        heads: usize,
+    },
+    /// The number of layers is 0.
+    BadLayers(usize),
+    /// A palette has a channel count other than 1 (grey) or 3 (RGB).
+    BadChannels(usize),
+    /// A buffer or slice has the wrong length.
+    LengthMismatch {
+        /// What the buffer holds.
+        what: &'static str,
+        /// The length required.
+        expected: usize,
+        /// The length given.
+        got: usize,
+    },
+    /// A token id is not a palette colour (it is `>= k`).
+    BadToken(u16),
+    /// An output buffer is too small.
+    BufferTooSmall {
+        /// Bytes (or elements) needed.
+        needed: usize,
+        /// Bytes (or elements) available.
+        got: usize,
+    },
+    /// Encoded data ends before it should.
+    Truncated {
+        /// Bytes needed.
+        needed: usize,
+        /// Bytes available.
+        got: usize,
+    },
+    /// Encoded data does not start with the expected magic bytes.
+    BadMagic,
+    /// Encoded data has a format version this build does not read.
+    UnsupportedVersion(u16),
+    /// The checksum stored in encoded data does not match its contents.
+    ChecksumMismatch {
+        /// The CRC-32 stored in the data.
+        stored: u32,
+        /// The CRC-32 computed over the data.
+        computed: u32,
+    },
+    /// Encoded data has bytes after its end.
+    TrailingBytes(usize),
+    /// A preset name is not known.
+    UnknownPreset,
+}
+
+/// `core::result::Result` with [`Error`].
+pub type Result<T> = core::result::Result<T, Error>;
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Error::BadVocab(k) => write!(f, "palette size {k} is out of range (1..=512)"),
+            Error::BadSide(s) => write!(
+                f,
+                "image side {s} is out of range (1..={})",
+                crate::config::MAX_SIDE
+            ),
+            Error::BadWidth(d) => write!(f, "model width {d} must be positive"),
+            Error::BadHeads(h) => write!(f, "number of heads {h} must be positive"),
+            Error::WidthNotDivisible { width, heads } => {
+                write!(f, "width {width} is not divisible by {heads} heads")
+            }
+            Error::BadLayers(l) => write!(f, "number of layers {l} must be positive"),
+            Error::BadChannels(c) => {
+                write!(f, "{c} colour channels: a palette has 1 (grey) or 3 (RGB)")
+            }
+            Error::LengthMismatch {
+                what,
+                expected,
+                got,
+            } => write!(f, "{what}: expected length {expected}, got {got}"),
+            Error::BadToken(t) => write!(f, "token {t} is not a palette colour"),
+            Error::BufferTooSmall { needed, got } => {
+                write!(f, "buffer too small: need {needed}, have {got}")
+            }
+            Error::Truncated { needed, got } => {
+                write!(f, "data is truncated: need {needed} bytes, have {got}")
+            }
+            Error::BadMagic => write!(f, "wrong magic bytes (not a file of this kind)"),
+            Error::UnsupportedVersion(v) => write!(f, "unsupported format version {v}"),
+            Error::ChecksumMismatch { stored, computed } => write!(
+                f,
+                "checksum mismatch (stored {stored:08x}, computed {computed:08x}): the data is corrupt"
+            ),
+            Error::TrailingBytes(n) => write!(f, "{n} unexpected bytes after the end of the data"),
+            Error::UnknownPreset => write!(f, "unknown preset (known: S, M, L, cpu, fw, test)"),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for Error {}
