@@ -41,10 +41,10 @@ pub struct Config {
 /// | `fw` | 4 | 128 | 4 | 14 | 16 | firmware-sized: fits a Cortex-M4's 4 MiB flash in int8 |
 /// | `test` | 2 | 32 | 4 | 8 | 16 | unit tests and gradient checks |
 ///
-/// `cpu` is the shape of training benchmark (b) (~6.3M parameters, ~6.3 GMAC per
-/// 28x28 image); `fw` is the shape of the PyTorch anchor of the probe results (0.82M
-/// parameters, 14x14, 16 grey levels), about 0.2 GMAC per image: about 2 s per image
-/// under QEMU at ~100 M int8 MAC/s.
+/// `cpu` is the shape of training benchmark (b) (6.5M parameters, 6.2 GMAC per 28x28
+/// image with the head); `fw` is the shape of the PyTorch anchor of the probe results
+/// (0.82M parameters, 14x14, 16 grey levels), 0.17 GMAC per image: under 2 s per image
+/// under QEMU at ~100 M int8 MAC/s (`igpt info` prints these figures).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Preset {
     /// iGPT-S: 24 layers, width 512, 8 heads, 32x32, 512 colours.

@@ -1,1 +1,14 @@
+//! `igpt`: the host side of iGPT in Rust.
+//!
+//! - [`data`]: CIFAR-10, IDX (MNIST, Fashion-MNIST) and image-folder loaders, area resize.
+//! - [`palette`]: k-means palette fitting, OpenAI `.npy` import, palette files, swatches.
+//! - [`model_args`]: the model-shape flags shared by every subcommand that builds a model.
+//! - [`io`]: atomic file writes and PNG output; [`progress`]: progress bars.
+//!
+//! The `igpt` binary (`src/main.rs`) only parses arguments and calls into these modules.
 
+pub mod data;
+pub mod io;
+pub mod model_args;
+pub mod palette;
+pub mod progress;

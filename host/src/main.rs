@@ -1,1 +1,381 @@
-fn main() {}
+//! The `igpt` command line: parses arguments and dispatches to the library. Every error
+//! is printed as one line naming the file and the problem, with exit code 1.
+
+use anyhow::{ensure, Context, Result};
+use clap::{Parser, Subcommand};
+use igpt::data::{self, Split};
+use igpt::model_args::ModelArgs;
+use igpt::palette;
+use igpt_core::{Config, Preset};
+use std::path::PathBuf;
+
+/// iGPT in Rust: generative pretraining from pixels, int8 inference on microcontrollers.
+#[derive(Parser)]
+#[command(name = "igpt", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Fit, import or show a colour palette.
+    #[command(subcommand)]
+    Palette(PaletteCmd),
+    /// Print each image's token ids, one image per line, in the order given.
+    Tokenize(TokenizeArgs),
+    /// Parameters, multiply-accumulates per image, f32 and int8 sizes of a model shape.
+    Info(InfoArgs),
+    /// Summarise a dataset: image count, size and images per class.
+    Data(DataArgs),
+}
+
+#[derive(Subcommand)]
+enum PaletteCmd {
+    /// k-means palette from a dataset's pixels (k-means++ start, Lloyd iterations).
+    Fit(FitArgs),
+    /// Import OpenAI's kmeans_centers.npy (k x 3 floats in [-1, 1]).
+    Import(ImportArgs),
+    /// Write a swatch PNG of a palette file.
+    Show(ShowArgs),
+}
+
+#[derive(clap::Args)]
+struct FitArgs {
+    /// Dataset: CIFAR-10 batches, IDX files or class folders (file or folder).
+    #[arg(long)]
+    data: PathBuf,
+    /// Which split to sample pixels from.
+    #[arg(long, value_enum, default_value = "train")]
+    split: Split,
+    /// Number of colours (1..=512).
+    #[arg(long, default_value_t = 512)]
+    k: usize,
+    /// Channels: 1 (grey) or 3 (RGB); default: the dataset's.
+    #[arg(long)]
+    channels: Option<usize>,
+    /// Resize images to side x side before sampling pixels (the model resolution).
+    #[arg(long)]
+    side: Option<usize>,
+    /// Pixels sampled for the fit.
+    #[arg(long, default_value_t = 1_000_000)]
+    sample: usize,
+    /// Most Lloyd iterations.
+    #[arg(long, default_value_t = 50)]
+    iters: usize,
+    /// RNG seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output palette file.
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write a swatch PNG here.
+    #[arg(long)]
+    swatch: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct ImportArgs {
+    /// OpenAI's kmeans_centers.npy.
+    #[arg(long)]
+    npy: PathBuf,
+    /// Output palette file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct ShowArgs {
+    /// Palette file.
+    palette: PathBuf,
+    /// Output swatch PNG.
+    #[arg(long)]
+    out: PathBuf,
+    /// Colours per row.
+    #[arg(long, default_value_t = 32)]
+    cols: usize,
+    /// Pixels per colour square.
+    #[arg(long, default_value_t = 16)]
+    cell: usize,
+}
+
+#[derive(clap::Args)]
+struct TokenizeArgs {
+    /// Palette file.
+    #[arg(long)]
+    palette: PathBuf,
+    /// Centre-crop to a square and area-resize to side x side first; without it every
+    /// image must already have one common size.
+    #[arg(long)]
+    side: Option<usize>,
+    /// Write what the model sees (decoded tokens, enlarged) as one PNG row.
+    #[arg(long)]
+    preview: Option<PathBuf>,
+    /// Image files (any format the image crate reads: PNG, JPEG, BMP, GIF, TIFF, WebP, PNM).
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct InfoArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+#[derive(clap::Args)]
+struct DataArgs {
+    /// Dataset: CIFAR-10 batches, IDX files or class folders (file or folder).
+    #[arg(long)]
+    data: PathBuf,
+    /// Which split.
+    #[arg(long, value_enum, default_value = "train")]
+    split: Split,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = run(cli) {
+        // One line: the context chain joined with ": ".
+        eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Palette(PaletteCmd::Fit(a)) => palette_fit(a),
+        Cmd::Palette(PaletteCmd::Import(a)) => {
+            let p = palette::import_npy(&a.npy)?;
+            palette::save(&a.out, &p)?;
+            println!(
+                "{}: {} colours, {} channels",
+                a.out.display(),
+                p.len(),
+                p.channels()
+            );
+            Ok(())
+        }
+        Cmd::Palette(PaletteCmd::Show(a)) => {
+            ensure!(
+                a.cols > 0 && a.cell > 0,
+                "--cols and --cell must be positive"
+            );
+            let p = palette::load(&a.palette)?;
+            palette::write_swatch(&a.out, &p, a.cols, a.cell)?;
+            println!(
+                "{}: {} colours, {} channels; swatch written to {}",
+                a.palette.display(),
+                p.len(),
+                p.channels(),
+                a.out.display()
+            );
+            Ok(())
+        }
+        Cmd::Tokenize(a) => tokenize(a),
+        Cmd::Info(a) => info(a),
+        Cmd::Data(a) => {
+            let ds = data::load(&a.data, a.split, None)?;
+            println!(
+                "{} ({:?}): {} images of {}x{}x{}, {} classes",
+                a.data.display(),
+                a.split,
+                ds.len(),
+                ds.width,
+                ds.height,
+                ds.channels,
+                ds.classes.len()
+            );
+            for (name, n) in ds.classes.iter().zip(ds.class_counts()) {
+                println!("  {name:<14} {n}");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn check_side(side: Option<usize>) -> Result<()> {
+    if let Some(s) = side {
+        ensure!(
+            (1..=igpt_core::config::MAX_SIDE).contains(&s),
+            "--side {s} is out of range (1..={})",
+            igpt_core::config::MAX_SIDE
+        );
+    }
+    Ok(())
+}
+
+fn palette_fit(a: FitArgs) -> Result<()> {
+    check_side(a.side)?;
+    ensure!(a.sample > 0, "--sample must be positive");
+    let ds = data::load(&a.data, a.split, a.side)?;
+    let channels = a.channels.unwrap_or(ds.channels);
+    ensure!(
+        channels == 1 || channels == 3,
+        "--channels {channels}: a palette has 1 or 3"
+    );
+    let ds = ds.with_channels(channels)?;
+    let opts = palette::FitOptions {
+        k: a.k,
+        iters: a.iters,
+        sample: a.sample,
+        seed: a.seed,
+    };
+    let (p, stats) = palette::fit(&ds.pixels, channels, opts, true)?;
+    palette::save(&a.out, &p)?;
+    println!(
+        "{}: {} colours x {} channels from {} pixels of {} images, {} iterations, {} re-seeded, mse per channel {:.3}",
+        a.out.display(),
+        p.len(),
+        channels,
+        stats.pixels,
+        ds.len(),
+        stats.iters,
+        stats.reseeded,
+        stats.mse
+    );
+    if let Some(s) = a.swatch {
+        palette::write_swatch(&s, &p, 32, 16)?;
+        println!("swatch: {}", s.display());
+    }
+    Ok(())
+}
+
+fn tokenize(a: TokenizeArgs) -> Result<()> {
+    check_side(a.side)?;
+    let pal = palette::load(&a.palette)?;
+    let c = pal.channels();
+    let mut first: Option<(usize, usize, &PathBuf)> = None;
+    let mut decoded: Vec<(usize, usize, Vec<u8>)> = Vec::new();
+    let mut lines = String::new();
+    for path in &a.images {
+        let img = data::read_image(path)?;
+        let (w, h, rgb) = match a.side {
+            Some(s) => (
+                s,
+                s,
+                data::square_resize(&img.rgb, img.width, img.height, 3, s),
+            ),
+            None => {
+                if let Some((fw, fh, fp)) = first {
+                    ensure!(
+                        (img.width, img.height) == (fw, fh),
+                        "{}: image is {}x{} but {} is {fw}x{fh}; images of one size are required (pass --side to resize)",
+                        path.display(),
+                        img.width,
+                        img.height,
+                        fp.display()
+                    );
+                }
+                (img.width, img.height, img.rgb)
+            }
+        };
+        first.get_or_insert((w, h, path));
+        let n = w * h;
+        ensure!(
+            n <= igpt_core::config::MAX_SEQ_LEN,
+            "{}: {w}x{h} is {n} pixels, more than a model reads ({}); pass --side",
+            path.display(),
+            igpt_core::config::MAX_SEQ_LEN
+        );
+        let px = data::convert_channels(&rgb, 3, c)?;
+        let mut tokens = vec![0u16; n];
+        pal.tokenize(&px, &mut tokens)
+            .with_context(|| format!("{}: cannot tokenize", path.display()))?;
+        let line: Vec<String> = tokens.iter().map(|t| t.to_string()).collect();
+        lines.push_str(&line.join(" "));
+        lines.push('\n');
+        if a.preview.is_some() {
+            let mut out = vec![0u8; n * c];
+            pal.decode_tokens(&tokens, &mut out)?;
+            decoded.push((w, h, data::convert_channels(&out, c, 3)?));
+        }
+    }
+    print!("{lines}");
+    if let Some(p) = &a.preview {
+        write_preview(p, &decoded)?;
+        eprintln!("preview: {}", p.display());
+    }
+    Ok(())
+}
+
+/// Lays decoded images in one row, each enlarged by pixel repetition to about 128 pixels.
+fn write_preview(path: &std::path::Path, images: &[(usize, usize, Vec<u8>)]) -> Result<()> {
+    let (w, h) = (images[0].0, images[0].1);
+    let scale = (128 / w.max(h)).max(1);
+    let gap = 4;
+    let (cw, ch) = (w * scale, h * scale);
+    let total_w = images.len() * cw + (images.len() - 1) * gap;
+    let mut out = vec![255u8; total_w * ch * 3];
+    for (i, (_, _, rgb)) in images.iter().enumerate() {
+        let x0 = i * (cw + gap);
+        for y in 0..ch {
+            for x in 0..cw {
+                let s = ((y / scale) * w + x / scale) * 3;
+                let d = (y * total_w + x0 + x) * 3;
+                out[d..d + 3].copy_from_slice(&rgb[s..s + 3]);
+            }
+        }
+    }
+    igpt::io::write_png(path, total_w, ch, 3, &out)
+}
+
+fn human(n: u64, unit: &str) -> String {
+    let f = n as f64;
+    let (v, p) = if f >= 1e12 {
+        (f / 1e12, "T")
+    } else if f >= 1e9 {
+        (f / 1e9, "G")
+    } else if f >= 1e6 {
+        (f / 1e6, "M")
+    } else if f >= 1e3 {
+        (f / 1e3, "k")
+    } else {
+        (f, "")
+    };
+    format!("{v:.2} {p}{unit}")
+}
+
+fn bytes(n: u64) -> String {
+    let f = n as f64;
+    if f >= 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.2} GiB", f / (1024.0 * 1024.0 * 1024.0))
+    } else if f >= 1024.0 * 1024.0 {
+        format!("{:.2} MiB", f / (1024.0 * 1024.0))
+    } else {
+        format!("{:.1} KiB", f / 1024.0)
+    }
+}
+
+fn info(a: InfoArgs) -> Result<()> {
+    let rows: Vec<(String, Config)> = if a.model.is_empty() {
+        Preset::ALL
+            .iter()
+            .map(|&p| (p.name().to_string(), Config::preset(p)))
+            .collect()
+    } else {
+        let name = a.model.preset.clone().unwrap_or_else(|| "custom".into());
+        vec![(name, a.model.config(Preset::Test)?)]
+    };
+    println!(
+        "{:<7} {:>6} {:>6} {:>5} {:>5} {:>4} {:>12} {:>14} {:>11} {:>11}",
+        "shape", "layers", "width", "heads", "side", "k", "params", "MACs/image", "f32", "int8"
+    );
+    for (name, c) in rows {
+        println!(
+            "{:<7} {:>6} {:>6} {:>5} {:>5} {:>4} {:>12} {:>14} {:>11} {:>11}",
+            name,
+            c.layers,
+            c.width,
+            c.heads,
+            format!("{0}x{0}", c.side),
+            c.vocab,
+            human(c.param_count(), ""),
+            human(c.macs_per_image(), "MAC"),
+            bytes(c.f32_bytes()),
+            bytes(c.int8_bytes()),
+        );
+    }
+    println!("MACs/image: a full forward pass with the next-token head, causal attention counted exactly.");
+    println!("int8: weights int8 with one f32 scale per output row, norm gains f32 (estimate; no header).");
+    Ok(())
+}

@@ -1,0 +1,69 @@
+//! Files the host writes: always atomically (a temporary file in the same folder, then a
+//! rename), so an interrupted run never leaves a half-written checkpoint, palette or plot
+//! in place of a good one.
+
+use anyhow::{Context, Result};
+use std::io::Write;
+use std::path::Path;
+
+/// Writes `bytes` to `path` atomically: a temp file beside it, flushed and synced, then
+/// renamed over `path`.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .with_context(|| format!("{}: not a file path", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("{}: cannot write", path.display()));
+    }
+    Ok(())
+}
+
+/// Encodes an 8-bit image (1 channel grey or 3 channels RGB, row-major, interleaved) as
+/// PNG and writes it atomically.
+pub fn write_png(
+    path: &Path,
+    width: usize,
+    height: usize,
+    channels: usize,
+    pixels: &[u8],
+) -> Result<()> {
+    use image::{codecs::png::PngEncoder, ExtendedColorType, ImageEncoder};
+    let color = match channels {
+        1 => ExtendedColorType::L8,
+        3 => ExtendedColorType::Rgb8,
+        c => anyhow::bail!("{}: cannot write a PNG of {c} channels", path.display()),
+    };
+    anyhow::ensure!(
+        pixels.len() == width * height * channels,
+        "{}: image buffer has {} bytes, expected {}",
+        path.display(),
+        pixels.len(),
+        width * height * channels
+    );
+    let mut buf = Vec::new();
+    PngEncoder::new(&mut buf)
+        .write_image(pixels, width as u32, height as u32, color)
+        .with_context(|| format!("{}: cannot encode PNG", path.display()))?;
+    write_atomic(path, &buf)
+}
+
+/// Reads a whole file, naming it in the error.
+pub fn read(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))
+}

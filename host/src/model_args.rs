@@ -1,0 +1,55 @@
+//! The model-shape flags (`--preset` and per-field overrides) shared by subcommands.
+
+use anyhow::{Context, Result};
+use igpt_core::{Config, Preset};
+
+/// A model shape from a preset, with any field overridden.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ModelArgs {
+    /// Preset shape: S, M, L (the paper's), cpu, fw, test.
+    #[arg(long)]
+    pub preset: Option<String>,
+    /// Number of transformer blocks (overrides the preset).
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Model width d (overrides the preset).
+    #[arg(long)]
+    pub width: Option<usize>,
+    /// Attention heads; must divide the width (overrides the preset).
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// Image side in pixels; the sequence length is side² (overrides the preset).
+    #[arg(long)]
+    pub side: Option<usize>,
+    /// Palette size k (overrides the preset).
+    #[arg(long)]
+    pub vocab: Option<usize>,
+}
+
+impl ModelArgs {
+    /// True when no flag was given.
+    pub fn is_empty(&self) -> bool {
+        self.preset.is_none()
+            && self.layers.is_none()
+            && self.width.is_none()
+            && self.heads.is_none()
+            && self.side.is_none()
+            && self.vocab.is_none()
+    }
+
+    /// The validated config: the preset (or `default`) with overrides applied.
+    pub fn config(&self, default: Preset) -> Result<Config> {
+        let preset = match &self.preset {
+            Some(name) => Preset::from_name(name).with_context(|| format!("--preset {name}"))?,
+            None => default,
+        };
+        let mut c = Config::preset(preset);
+        c.layers = self.layers.unwrap_or(c.layers);
+        c.width = self.width.unwrap_or(c.width);
+        c.heads = self.heads.unwrap_or(c.heads);
+        c.side = self.side.unwrap_or(c.side);
+        c.vocab = self.vocab.unwrap_or(c.vocab);
+        c.validate().context("invalid model shape")?;
+        Ok(c)
+    }
+}
