@@ -147,7 +147,7 @@ impl Config {
         if self.heads == 0 {
             return Err(Error::BadHeads(self.heads));
         }
-        if self.width % self.heads != 0 {
+        if !self.width.is_multiple_of(self.heads) {
             return Err(Error::WidthNotDivisible {
                 width: self.width,
                 heads: self.heads,

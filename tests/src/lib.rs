@@ -41,8 +41,10 @@ pub struct Fixture {
 impl Fixture {
     /// Reads a file.
     pub fn open(path: &Path) -> Result<Fixture> {
-        let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
-        SafeTensors::deserialize(&bytes).with_context(|| format!("{}: not safetensors", path.display()))?;
+        let bytes =
+            std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        SafeTensors::deserialize(&bytes)
+            .with_context(|| format!("{}: not safetensors", path.display()))?;
         Ok(Fixture {
             path: path.to_path_buf(),
             bytes,
@@ -70,7 +72,11 @@ impl Fixture {
             .tensor(name)
             .with_context(|| format!("{}: no tensor {name}", self.path.display()))?;
         if t.dtype() != dtype {
-            bail!("{}: {name} is {:?}, expected {dtype:?}", self.path.display(), t.dtype());
+            bail!(
+                "{}: {name} is {:?}, expected {dtype:?}",
+                self.path.display(),
+                t.dtype()
+            );
         }
         Ok((t.shape().to_vec(), t.data().to_vec()))
     }
@@ -83,13 +89,23 @@ impl Fixture {
     /// An I64 tensor: shape and values.
     pub fn i64(&self, name: &str) -> Result<(Vec<usize>, Vec<i64>)> {
         let (s, b) = self.raw(name, Dtype::I64)?;
-        Ok((s, b.chunks_exact(8).map(|c| i64::from_le_bytes(c.try_into().unwrap())).collect()))
+        Ok((
+            s,
+            b.chunks_exact(8)
+                .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+        ))
     }
 
     /// An F32 tensor: shape and values.
     pub fn f32(&self, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
         let (s, b) = self.raw(name, Dtype::F32)?;
-        Ok((s, b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()))
+        Ok((
+            s,
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+        ))
     }
 }
 
@@ -115,7 +131,10 @@ pub fn cases_with_in(dir: &Path, tensors: &[&str]) -> Result<Vec<Fixture>> {
         }
     }
     if out.is_empty() {
-        bail!("no fixture in {} holds {tensors:?}: a test without cases proves nothing", dir.display());
+        bail!(
+            "no fixture in {} holds {tensors:?}: a test without cases proves nothing",
+            dir.display()
+        );
     }
     Ok(out)
 }

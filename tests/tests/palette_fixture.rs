@@ -6,7 +6,12 @@ use igpt_tests::{cases_with, fixture_dir, Fixture};
 
 fn check_case(f: &Fixture) -> usize {
     let (cshape, centres) = f.u8("clusters_u8").unwrap();
-    assert_eq!(cshape.len(), 2, "{}: clusters_u8 shape {cshape:?}", f.path.display());
+    assert_eq!(
+        cshape.len(),
+        2,
+        "{}: clusters_u8 shape {cshape:?}",
+        f.path.display()
+    );
     let palette = Palette::new(cshape[1], &centres).unwrap();
     assert_eq!(palette.len(), cshape[0]);
     let (ishape, images) = f.u8("images").unwrap();
@@ -18,10 +23,17 @@ fn check_case(f: &Fixture) -> usize {
     for i in 0..n {
         let img = &images[i * pixels * cshape[1]..(i + 1) * pixels * cshape[1]];
         palette.tokenize(img, &mut tokens).unwrap();
-        for (j, (&got, &want)) in tokens.iter().zip(&expected[i * pixels..(i + 1) * pixels]).enumerate() {
+        for (j, (&got, &want)) in tokens
+            .iter()
+            .zip(&expected[i * pixels..(i + 1) * pixels])
+            .enumerate()
+        {
             if got as i64 != want {
                 if mismatches < 5 {
-                    eprintln!("{}: image {i} pixel {j}: got {got}, expected {want}", f.path.display());
+                    eprintln!(
+                        "{}: image {i} pixel {j}: got {got}, expected {want}",
+                        f.path.display()
+                    );
                 }
                 mismatches += 1;
             }
@@ -61,6 +73,10 @@ fn an_empty_fixture_folder_fails() {
     let empty = tempfile::tempdir().unwrap();
     assert!(igpt_tests::cases_with_in(empty.path(), &["clusters_u8"]).is_err());
     // A folder whose files lack the tensors fails too.
-    std::fs::copy(fixture_dir().join("tiny.safetensors"), empty.path().join("x.safetensors")).ok();
+    std::fs::copy(
+        fixture_dir().join("tiny.safetensors"),
+        empty.path().join("x.safetensors"),
+    )
+    .ok();
     assert!(igpt_tests::cases_with_in(empty.path(), &["clusters_u8"]).is_err());
 }

@@ -1,0 +1,377 @@
+//! The `igpt` binary end to end: the happy path on real images, and every kind of bad
+//! input giving one clear error line that names the file, a non-zero exit and no panic.
+
+use igpt_core::Palette;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn igpt(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_igpt"))
+        .args(args)
+        .output()
+        .expect("run igpt")
+}
+
+/// Runs igpt expecting failure; returns the one error line after checking it names all
+/// of `needles`.
+fn fails(args: &[&str], needles: &[&str]) -> String {
+    let out = igpt(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{args:?}: stderr {stderr}");
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{args:?}: want one line, got {stderr}");
+    assert!(lines[0].starts_with("error: "), "{stderr}");
+    for n in needles {
+        assert!(lines[0].contains(n), "{args:?}: {:?} lacks {n:?}", lines[0]);
+    }
+    lines[0].to_string()
+}
+
+fn shared() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn write_png(path: &Path, w: u32, h: u32) {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        image::Rgb([(x * 20) as u8, (y * 20) as u8, 90])
+    });
+    img.save(path).unwrap();
+}
+
+fn palette_bytes(p: &Palette) -> Vec<u8> {
+    let mut buf = vec![0u8; p.encoded_len()];
+    p.to_bytes(&mut buf).unwrap();
+    buf
+}
+
+#[test]
+fn fit_show_tokenize_on_real_images() {
+    let dir = tempfile::tempdir().unwrap();
+    let pal = dir.path().join("pal.bin");
+    let swatch = dir.path().join("swatch.png");
+    let cifar = shared().join("data/cifar10-sample");
+    let out = igpt(&[
+        "palette",
+        "fit",
+        "--data",
+        s(&cifar),
+        "--split",
+        "test",
+        "--k",
+        "16",
+        "--iters",
+        "10",
+        "--side",
+        "16",
+        "--out",
+        s(&pal),
+        "--swatch",
+        s(&swatch),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = Palette::from_bytes(&std::fs::read(&pal).unwrap()).unwrap();
+    assert_eq!((p.len(), p.channels()), (16, 3));
+    let img = image::open(&swatch).unwrap();
+    assert_eq!((img.width(), img.height()), (16 * 16, 16));
+
+    let shown = dir.path().join("shown.png");
+    assert!(igpt(&[
+        "palette",
+        "show",
+        s(&pal),
+        "--out",
+        s(&shown),
+        "--cols",
+        "4"
+    ])
+    .status
+    .success());
+    assert_eq!(image::open(&shown).unwrap().width(), 64);
+
+    // Tokenize two photos of different sizes at 8x8, in the order given.
+    let photos = shared().join("data/photos");
+    let a = photos.join("chelsea.png");
+    let b = photos.join("coffee.png");
+    let preview = dir.path().join("preview.png");
+    let out = igpt(&[
+        "tokenize",
+        "--palette",
+        s(&pal),
+        "--side",
+        "8",
+        "--preview",
+        s(&preview),
+        s(&a),
+        s(&b),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<Vec<u16>> = stdout
+        .lines()
+        .map(|l| l.split(' ').map(|t| t.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert!(lines
+        .iter()
+        .all(|l| l.len() == 64 && l.iter().all(|&t| t < 16)));
+    assert_ne!(lines[0], lines[1]);
+    // The same images in the other order give the same lines swapped.
+    let out = igpt(&[
+        "tokenize",
+        "--palette",
+        s(&pal),
+        "--side",
+        "8",
+        s(&b),
+        s(&a),
+    ]);
+    let swapped: Vec<&str> = std::str::from_utf8(&out.stdout).unwrap().lines().collect();
+    assert_eq!(swapped, stdout.lines().rev().collect::<Vec<_>>());
+    let pv = image::open(&preview).unwrap();
+    assert_eq!((pv.width(), pv.height()), (2 * 128 + 4, 128));
+}
+
+#[test]
+fn import_openai_npy() {
+    let dir = tempfile::tempdir().unwrap();
+    let npy = dir.path().join("kmeans_centers.npy");
+    let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }";
+    let mut h = header.to_string();
+    while (10 + h.len() + 1) % 64 != 0 {
+        h.push(' ');
+    }
+    h.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(h.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(h.as_bytes());
+    for v in [-1.0f32, 0.0, 1.0, 0.5, -0.5, 0.00392] {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(&npy, &bytes).unwrap();
+    let pal = dir.path().join("p.bin");
+    let out = igpt(&["palette", "import", "--npy", s(&npy), "--out", s(&pal)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let p = Palette::from_bytes(&std::fs::read(&pal).unwrap()).unwrap();
+    // round(127.5 * (c + 1)): -1 -> 0, 0 -> 128 (127.5 rounds away from zero), 1 -> 255.
+    assert_eq!(p.centres(), &[0, 128, 255, 191, 64, 128]);
+
+    // Truncated data and a wrong magic are refused.
+    std::fs::write(&npy, &bytes[..bytes.len() - 3]).unwrap();
+    fails(
+        &["palette", "import", "--npy", s(&npy), "--out", s(&pal)],
+        &["kmeans_centers.npy", "truncated"],
+    );
+    std::fs::write(&npy, b"not numpy at all").unwrap();
+    fails(
+        &["palette", "import", "--npy", s(&npy), "--out", s(&pal)],
+        &["kmeans_centers.npy", "magic"],
+    );
+}
+
+#[test]
+fn missing_paths() {
+    fails(
+        &["data", "--data", "/no/such/dataset"],
+        &["/no/such/dataset"],
+    );
+    fails(
+        &["palette", "show", "/no/such/pal.bin", "--out", "/tmp/x.png"],
+        &["/no/such/pal.bin"],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let pal = dir.path().join("p.bin");
+    std::fs::write(&pal, palette_bytes(&Palette::new(1, &[0, 255]).unwrap())).unwrap();
+    fails(
+        &["tokenize", "--palette", s(&pal), "/no/such/image.png"],
+        &["/no/such/image.png"],
+    );
+}
+
+#[test]
+fn truncated_cifar_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = std::fs::read(shared().join("data/cifar10-sample/test_batch.bin")).unwrap();
+    let f = dir.path().join("test_batch.bin");
+    std::fs::write(&f, &raw[..2 * 3073 - 100]).unwrap();
+    fails(
+        &["data", "--data", s(dir.path()), "--split", "test"],
+        &["test_batch.bin", "truncated CIFAR-10 record"],
+    );
+    // A bad label byte.
+    let mut bad = raw[..3073].to_vec();
+    bad[0] = 42;
+    std::fs::write(&f, &bad).unwrap();
+    fails(&["data", "--data", s(&f)], &["test_batch.bin", "label 42"]);
+    // The train split of a folder with only a test batch.
+    std::fs::write(&f, &raw[..3073]).unwrap();
+    fails(&["data", "--data", s(dir.path())], &["data_batch_*.bin"]);
+}
+
+#[test]
+fn wrong_idx_magic_and_truncated_idx() {
+    let dir = tempfile::tempdir().unwrap();
+    let images = dir.path().join("train-images-idx3-ubyte");
+    let labels = dir.path().join("train-labels-idx1-ubyte");
+    // A labels-file magic where an images file should be.
+    std::fs::write(&images, [0, 0, 8, 1, 0, 0, 0, 1, 3]).unwrap();
+    std::fs::write(&labels, [0, 0, 8, 1, 0, 0, 0, 1, 3]).unwrap();
+    fails(
+        &["data", "--data", s(dir.path())],
+        &["train-images-idx3-ubyte", "wrong IDX magic 0x00000801"],
+    );
+    // Right magic, one image of 2x2 declared, 3 bytes present.
+    std::fs::write(
+        &images,
+        [0, 0, 8, 3, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 2, 1, 2, 3],
+    )
+    .unwrap();
+    fails(
+        &["data", "--data", s(dir.path())],
+        &["train-images-idx3-ubyte", "truncated IDX data"],
+    );
+    // Complete images, labels count disagrees.
+    std::fs::write(
+        &images,
+        [0, 0, 8, 3, 0, 0, 0, 1, 0, 0, 0, 2, 0, 0, 0, 2, 1, 2, 3, 4],
+    )
+    .unwrap();
+    std::fs::write(&labels, [0, 0, 8, 1, 0, 0, 0, 2, 3, 4]).unwrap();
+    fails(
+        &["data", "--data", s(dir.path())],
+        &["train-labels-idx1-ubyte", "2 labels for 1 images"],
+    );
+    // Gzip that is not: a gzip magic followed by garbage.
+    std::fs::write(&images, [0x1f, 0x8b, 1, 2, 3, 4]).unwrap();
+    fails(
+        &["data", "--data", s(dir.path())],
+        &["train-images-idx3-ubyte", "gzip"],
+    );
+}
+
+#[test]
+fn non_image_in_class_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = dir.path().join("cat");
+    std::fs::create_dir(&cat).unwrap();
+    write_png(&cat.join("a.png"), 8, 8);
+    std::fs::write(cat.join("notes.txt"), "not an image").unwrap();
+    fails(
+        &["data", "--data", s(dir.path())],
+        &["notes.txt", "not a readable image"],
+    );
+    // An empty folder is no dataset.
+    let empty = tempfile::tempdir().unwrap();
+    fails(&["data", "--data", s(empty.path())], &["no dataset found"]);
+}
+
+#[test]
+fn mixed_image_sizes_where_one_is_required() {
+    let dir = tempfile::tempdir().unwrap();
+    let cat = dir.path().join("cat");
+    let dog = dir.path().join("dog");
+    std::fs::create_dir(&cat).unwrap();
+    std::fs::create_dir(&dog).unwrap();
+    write_png(&cat.join("a.png"), 8, 8);
+    write_png(&dog.join("b.png"), 16, 12);
+    fails(
+        &["data", "--data", s(dir.path())],
+        &["b.png", "16x12", "a.png", "8x8", "--side"],
+    );
+    // With --side the folder loads: palette fit resizes as it reads.
+    let pal = dir.path().join("p.bin");
+    let out = igpt(&[
+        "palette",
+        "fit",
+        "--data",
+        s(dir.path()),
+        "--k",
+        "4",
+        "--side",
+        "4",
+        "--out",
+        s(&pal),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // tokenize without --side wants one size too.
+    fails(
+        &[
+            "tokenize",
+            "--palette",
+            s(&pal),
+            s(&cat.join("a.png")),
+            s(&dog.join("b.png")),
+        ],
+        &["b.png", "16x12", "--side"],
+    );
+}
+
+#[test]
+fn corrupt_and_out_of_range_palettes() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = dir.path().join("img.png");
+    write_png(&img, 4, 4);
+    let pal = dir.path().join("pal.bin");
+    let good = palette_bytes(&Palette::new(3, &[0, 0, 0, 255, 255, 255]).unwrap());
+    let tok = |_: ()| {
+        fails(
+            &["tokenize", "--palette", s(&pal), s(&img)],
+            &["pal.bin", "bad palette file"],
+        )
+    };
+
+    let mut flipped = good.clone();
+    flipped[17] ^= 0x40;
+    std::fs::write(&pal, &flipped).unwrap();
+    assert!(tok(()).contains("checksum"));
+
+    std::fs::write(&pal, &good[..good.len() - 2]).unwrap();
+    assert!(tok(()).contains("truncated"));
+
+    std::fs::write(&pal, b"PNG\x00 not a palette file").unwrap();
+    assert!(tok(()).contains("magic"));
+
+    // 0 and 513 colours, in otherwise well-formed headers.
+    for k in [0u16, 513] {
+        let mut b = good[..16].to_vec();
+        b[12..14].copy_from_slice(&k.to_le_bytes());
+        std::fs::write(&pal, &b).unwrap();
+        assert!(tok(()).contains(&format!("palette size {k}")));
+    }
+    // The good file works.
+    std::fs::write(&pal, &good).unwrap();
+    let out = igpt(&["tokenize", "--palette", s(&pal), s(&img)]);
+    assert!(out.status.success());
+}
+
+#[test]
+fn bad_arguments() {
+    fails(
+        &["info", "--width", "30", "--heads", "4"],
+        &["not divisible"],
+    );
+    fails(&["info", "--preset", "XXL"], &["XXL", "unknown preset"]);
+    fails(&["info", "--vocab", "600"], &["palette size 600"]);
+    let out = igpt(&["tokenize"]);
+    assert_eq!(out.status.code(), Some(2), "clap usage errors exit 2");
+}
