@@ -150,7 +150,7 @@ fn import_openai_npy() {
     let npy = dir.path().join("kmeans_centers.npy");
     let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }";
     let mut h = header.to_string();
-    while (10 + h.len() + 1) % 64 != 0 {
+    while !(10 + h.len() + 1).is_multiple_of(64) {
         h.push(' ');
     }
     h.push('\n');
