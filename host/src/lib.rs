@@ -7,8 +7,11 @@
 //!
 //! The `igpt` binary (`src/main.rs`) only parses arguments and calls into these modules.
 
+pub mod checkpoint;
 pub mod data;
+pub mod hf;
 pub mod io;
+pub mod model;
 pub mod model_args;
 pub mod palette;
 pub mod progress;

@@ -1,0 +1,197 @@
+//! Import of HuggingFace ImageGPT checkpoints (`config.json` + `model.safetensors`).
+//!
+//! HF's fused `c_attn` `[d, 3d]` is split into the project's separate q, k, v
+//! projections (columns `0..d`, `d..2d`, `2d..3d`); every other weight keeps its name and
+//! layout. iGPT has no biases: HF stores them as exact zeros, and a non-zero bias is
+//! refused rather than silently dropped. `score.weight` (a classifier's head) is kept.
+
+use crate::checkpoint::{Checkpoint, Mat};
+use crate::model::Gpt;
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use dfdx::prelude::Cpu;
+use igpt_core::Config;
+use safetensors::{Dtype, SafeTensors};
+use std::path::Path;
+
+/// The model shape of an HF ImageGPT `config.json` (the dict itself or a fixture's JSON
+/// with the dict under `config`). Options that change the math are refused.
+pub fn config_from_json(text: &str) -> Result<Config> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| anyhow!("not JSON ({e})"))?;
+    let c = v.get("config").unwrap_or(&v);
+    let num = |k: &str| -> Result<usize> {
+        c.get(k)
+            .and_then(|x| x.as_u64())
+            .map(|x| x as usize)
+            .ok_or_else(|| anyhow!("config has no integer '{k}'"))
+    };
+    let (d, heads, layers, positions, vocab) = (
+        num("n_embd")?,
+        num("n_head")?,
+        num("n_layer")?,
+        num("n_positions")?,
+        num("vocab_size")?,
+    );
+    if let Some(inner) = c.get("n_inner").and_then(|x| x.as_u64()) {
+        ensure!(
+            inner as usize == 4 * d,
+            "n_inner {inner} is not 4 * n_embd (iGPT's MLP is 4d)"
+        );
+    }
+    if let Some(eps) = c.get("layer_norm_epsilon").and_then(|x| x.as_f64()) {
+        ensure!(
+            (eps - 1e-5).abs() < 1e-12,
+            "layer_norm_epsilon {eps} (iGPT uses 1e-5)"
+        );
+    }
+    if let Some(act) = c.get("activation_function").and_then(|x| x.as_str()) {
+        ensure!(
+            act == "quick_gelu",
+            "activation_function '{act}' (iGPT uses quick_gelu)"
+        );
+    }
+    for (key, want) in [
+        ("scale_attn_weights", true),
+        ("scale_attn_by_inverse_layer_idx", false),
+        ("reorder_and_upcast_attn", false),
+    ] {
+        if let Some(b) = c.get(key).and_then(|x| x.as_bool()) {
+            ensure!(b == want, "{key} = {b} is not supported");
+        }
+    }
+    let side = (positions as f64).sqrt().round() as usize;
+    ensure!(
+        side * side == positions,
+        "n_positions {positions} is not a square image"
+    );
+    ensure!(
+        vocab >= 2,
+        "vocab_size {vocab} leaves no colour besides SOS"
+    );
+    Config::new(vocab - 1, side, d, heads, layers).map_err(|e| anyhow!("{e}"))
+}
+
+fn tensor(st: &SafeTensors, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+    let t = st
+        .tensor(name)
+        .map_err(|_| anyhow!("missing tensor {name}"))?;
+    ensure!(
+        t.dtype() == Dtype::F32,
+        "{name} is {:?}; only F32 checkpoints are read",
+        t.dtype()
+    );
+    let data = t
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok((t.shape().to_vec(), data))
+}
+
+fn expect_shape(name: &str, got: &[usize], want: &[usize]) -> Result<()> {
+    ensure!(got == want, "{name} has shape {got:?}, expected {want:?}");
+    Ok(())
+}
+
+fn check_zero_bias(st: &SafeTensors, name: &str) -> Result<()> {
+    if st.names().contains(&name) {
+        let (_, b) = tensor(st, name)?;
+        let max = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+        if max != 0.0 {
+            bail!("{name} is non-zero (max |b| = {max:e}); iGPT has no biases and this model would not be reproduced");
+        }
+    }
+    Ok(())
+}
+
+/// Builds a checkpoint from HF ImageGPT safetensors bytes and its config.
+pub fn import(config: Config, weights: &[u8]) -> Result<Checkpoint> {
+    let st =
+        SafeTensors::deserialize(weights).map_err(|e| anyhow!("not a safetensors file ({e})"))?;
+    let d = config.width;
+    let mat = |rows: usize, cols: usize, data: Vec<f32>| Mat { rows, cols, data };
+    let load = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
+        let (s, v) = tensor(&st, name)?;
+        expect_shape(name, &s, shape)?;
+        Ok(v)
+    };
+    let mut out = Vec::new();
+    out.push(mat(
+        config.embed_rows(),
+        d,
+        load("transformer.wte.weight", &[config.embed_rows(), d])?,
+    ));
+    // Keep the position table the config describes (HF's may be that size exactly).
+    out.push(mat(
+        config.seq_len(),
+        d,
+        load("transformer.wpe.weight", &[config.seq_len(), d])?,
+    ));
+    for l in 0..config.layers {
+        let p = |n: &str| format!("transformer.h.{l}.{n}");
+        for bias in [
+            "attn.c_attn.bias",
+            "attn.c_proj.bias",
+            "mlp.c_fc.bias",
+            "mlp.c_proj.bias",
+        ] {
+            check_zero_bias(&st, &p(bias))?;
+        }
+        out.push(mat(1, d, load(&p("ln_1.weight"), &[d])?));
+        let qkv = load(&p("attn.c_attn.weight"), &[d, 3 * d])?;
+        for part in 0..3 {
+            let cols: Vec<f32> = (0..d)
+                .flat_map(|r| {
+                    qkv[r * 3 * d + part * d..r * 3 * d + (part + 1) * d]
+                        .iter()
+                        .copied()
+                })
+                .collect();
+            out.push(mat(d, d, cols));
+        }
+        out.push(mat(d, d, load(&p("attn.c_proj.weight"), &[d, d])?));
+        out.push(mat(1, d, load(&p("ln_2.weight"), &[d])?));
+        out.push(mat(d, 4 * d, load(&p("mlp.c_fc.weight"), &[d, 4 * d])?));
+        out.push(mat(4 * d, d, load(&p("mlp.c_proj.weight"), &[4 * d, d])?));
+    }
+    out.push(mat(1, d, load("transformer.ln_f.weight", &[d])?));
+    let names = st.names();
+    let lm_head = if names.contains(&"lm_head.weight") {
+        load("lm_head.weight", &[config.vocab, d])?
+    } else {
+        // A classifier checkpoint has no next-token head: start it at zero (the paper's
+        // initialisation of the head).
+        vec![0.0; config.vocab * d]
+    };
+    out.push(mat(config.vocab, d, lm_head));
+    let score = if names.contains(&"score.weight") {
+        let (s, v) = tensor(&st, "score.weight")?;
+        ensure!(
+            s.len() == 2 && s[1] == d,
+            "score.weight has shape {s:?}, expected [labels, {d}]"
+        );
+        check_zero_bias(&st, "score.bias")?;
+        Some(mat(s[0], d, v))
+    } else {
+        None
+    };
+    let shapes = Gpt::<f32, Cpu>::param_shapes(&config);
+    debug_assert_eq!(shapes.len(), out.len());
+    Ok(Checkpoint {
+        config,
+        palette: None,
+        weights: out,
+        score,
+        train: None,
+    })
+}
+
+/// Reads `config.json` and `model.safetensors` from disk.
+pub fn import_files(config_path: &Path, weights_path: &Path) -> Result<Checkpoint> {
+    let text = std::fs::read_to_string(config_path)
+        .with_context(|| format!("{}: cannot read", config_path.display()))?;
+    let config = config_from_json(&text)
+        .with_context(|| format!("{}: bad ImageGPT config", config_path.display()))?;
+    let bytes = crate::io::read(weights_path)?;
+    import(config, &bytes)
+        .with_context(|| format!("{}: bad ImageGPT weights", weights_path.display()))
+}

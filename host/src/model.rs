@@ -1,0 +1,395 @@
+//! The float iGPT on dfdx: parameters, initialisation and the forward pass.
+//!
+//! The math is exactly the original iGPT's (and HuggingFace ImageGPT's, see
+//! `shared/fixtures/hf-imagegpt/README.md`): RMS norm with a gain and no mean subtraction
+//! (eps 1e-5 inside the square root), no biases anywhere, separate q/k/v projections,
+//! softmax(q·kᵀ/√hd) with a causal mask (AR) or none (BERT), MLP of width 4·d with
+//! quick_gelu `x·σ(1.702x)`, pre-norm residual blocks, a final norm and an untied head of
+//! k outputs.
+//!
+//! Sizes come from [`Config`] at run time: every parameter is a
+//! `Tensor<(usize, usize), E, D>` in the project's own [`Gpt`] struct (norm gains are
+//! `(1, d)` rows), so no dfdx layer type fixes a size at compile time. The model is
+//! generic over the element type (f32 to train; f64 for gradient checks) and over dfdx's
+//! device (CPU now, CUDA through the same code).
+//!
+//! Shapes: B batch, T positions, C = d width, H heads, K = C / H head width, V = k
+//! palette colours (the head's outputs), V+1 embedding rows (row V is SOS).
+
+use dfdx::prelude::*;
+use igpt_core::Config;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+
+/// RMS norm epsilon, inside the square root.
+pub const NORM_EPS: f64 = 1e-5;
+/// quick_gelu's sigmoid slope.
+pub const QUICK_GELU: f64 = 1.702;
+/// Added to masked attention scores (exp of it is exactly 0 in f32 and f64).
+const MASKED: f64 = -1e9;
+
+/// A parameter: every tensor of the model is 2-D, `(rows, cols)`.
+pub type Param<E, D> = Tensor<(usize, usize), E, D>;
+/// Activations `(B, T, C)`.
+pub type Act<E, D, T> = Tensor<(usize, usize, usize), E, D, T>;
+
+/// A float element type the model runs in.
+pub trait Float: Dtype + num_traits::Float {}
+impl Float for f32 {}
+impl Float for f64 {}
+
+/// A constant in the model's element type.
+pub fn cst<E: Float>(v: f64) -> E {
+    <E as num_traits::NumCast>::from(v).unwrap_or_else(E::nan)
+}
+
+/// One transformer block's parameters. Projections are stored `[in, out]` (`y = x·W`),
+/// like HF's Conv1D layers.
+#[derive(Clone, Debug)]
+pub struct Block<E: Dtype, D: Storage<E>> {
+    /// `(1, C)` gain of the pre-attention norm.
+    pub ln_1: Param<E, D>,
+    /// `(C, C)` query projection (HF `c_attn` columns `0..C`).
+    pub q: Param<E, D>,
+    /// `(C, C)` key projection (HF `c_attn` columns `C..2C`).
+    pub k: Param<E, D>,
+    /// `(C, C)` value projection (HF `c_attn` columns `2C..3C`).
+    pub v: Param<E, D>,
+    /// `(C, C)` attention output projection.
+    pub c_proj: Param<E, D>,
+    /// `(1, C)` gain of the pre-MLP norm.
+    pub ln_2: Param<E, D>,
+    /// `(C, 4C)` MLP up-projection.
+    pub c_fc: Param<E, D>,
+    /// `(4C, C)` MLP down-projection.
+    pub mlp_proj: Param<E, D>,
+}
+
+/// The whole model.
+#[derive(Clone, Debug)]
+pub struct Gpt<E: Dtype, D: Storage<E>> {
+    /// Its shape.
+    pub config: Config,
+    /// `(V + 1, C)` token embedding; row V is SOS.
+    pub wte: Param<E, D>,
+    /// `(N, C)` position embedding, N = side².
+    pub wpe: Param<E, D>,
+    /// The blocks.
+    pub h: Vec<Block<E, D>>,
+    /// `(1, C)` gain of the final norm.
+    pub ln_f: Param<E, D>,
+    /// `(V, C)` next-token head, stored `[out, in]` like HF's `lm_head` (`y = z·Wᵀ`).
+    pub lm_head: Param<E, D>,
+}
+
+/// Whether positions see only the past (AR, next-pixel prediction) or everything (BERT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Objective {
+    /// Autoregressive: causal mask, loss on every position.
+    Ar,
+    /// BERT: no mask, 15% of positions masked, loss on the masked positions.
+    Bert,
+}
+
+/// What a forward pass returns besides the final hidden state.
+#[derive(Debug, Clone, Default)]
+pub struct Captures<E: Dtype, D: Storage<E>> {
+    /// `hidden[l]`, l < L: the residual stream entering block l, `(B, T, C)`;
+    /// `hidden[L]`: the final norm's output.
+    pub hidden: Vec<Act<E, D, NoneTape>>,
+    /// `probe[l]`: mean over positions of block l's first norm output, `(B, C)` (the
+    /// paper's linear-probe feature); `probe[L]`: mean of the final norm output.
+    pub probe: Vec<Tensor<(usize, usize), E, D>>,
+}
+
+/// Which of [`Captures`] to fill.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Capture {
+    /// Fill `hidden`.
+    pub hidden: bool,
+    /// Fill `probe`.
+    pub probe: bool,
+}
+
+impl<E: Dtype, D: Storage<E>> Gpt<E, D> {
+    /// Every parameter with its name, in a fixed order (the state-dict order).
+    pub fn params(&self) -> Vec<(String, &Param<E, D>)> {
+        let mut out = vec![
+            ("transformer.wte.weight".to_string(), &self.wte),
+            ("transformer.wpe.weight".to_string(), &self.wpe),
+        ];
+        for (l, b) in self.h.iter().enumerate() {
+            let p = |n: &str| format!("transformer.h.{l}.{n}");
+            out.push((p("ln_1.weight"), &b.ln_1));
+            out.push((p("attn.q.weight"), &b.q));
+            out.push((p("attn.k.weight"), &b.k));
+            out.push((p("attn.v.weight"), &b.v));
+            out.push((p("attn.c_proj.weight"), &b.c_proj));
+            out.push((p("ln_2.weight"), &b.ln_2));
+            out.push((p("mlp.c_fc.weight"), &b.c_fc));
+            out.push((p("mlp.c_proj.weight"), &b.mlp_proj));
+        }
+        out.push(("transformer.ln_f.weight".to_string(), &self.ln_f));
+        out.push(("lm_head.weight".to_string(), &self.lm_head));
+        out
+    }
+
+    /// Mutable references to the parameters, in the order of [`Gpt::params`].
+    pub fn params_mut(&mut self) -> Vec<&mut Param<E, D>> {
+        let mut out = vec![&mut self.wte, &mut self.wpe];
+        for b in self.h.iter_mut() {
+            out.extend([
+                &mut b.ln_1,
+                &mut b.q,
+                &mut b.k,
+                &mut b.v,
+                &mut b.c_proj,
+                &mut b.ln_2,
+                &mut b.c_fc,
+                &mut b.mlp_proj,
+            ]);
+        }
+        out.push(&mut self.ln_f);
+        out.push(&mut self.lm_head);
+        out
+    }
+
+    /// The expected `(rows, cols)` of each parameter of a config, in [`Gpt::params`] order.
+    pub fn param_shapes(c: &Config) -> Vec<(String, (usize, usize))> {
+        let d = c.width;
+        let mut out = vec![
+            ("transformer.wte.weight".to_string(), (c.embed_rows(), d)),
+            ("transformer.wpe.weight".to_string(), (c.seq_len(), d)),
+        ];
+        for l in 0..c.layers {
+            let p = |n: &str| format!("transformer.h.{l}.{n}");
+            out.push((p("ln_1.weight"), (1, d)));
+            out.push((p("attn.q.weight"), (d, d)));
+            out.push((p("attn.k.weight"), (d, d)));
+            out.push((p("attn.v.weight"), (d, d)));
+            out.push((p("attn.c_proj.weight"), (d, d)));
+            out.push((p("ln_2.weight"), (1, d)));
+            out.push((p("mlp.c_fc.weight"), (d, 4 * d)));
+            out.push((p("mlp.c_proj.weight"), (4 * d, d)));
+        }
+        out.push(("transformer.ln_f.weight".to_string(), (1, d)));
+        out.push(("lm_head.weight".to_string(), (c.vocab, d)));
+        out
+    }
+
+    /// True for the parameters that weight decay applies to: the block projections and
+    /// the head (not norm gains, not embeddings).
+    pub fn decays(name: &str) -> bool {
+        !(name.contains("ln_") || name.contains("wte") || name.contains("wpe"))
+    }
+}
+
+impl<E: Float, D: Device<E>> Gpt<E, D> {
+    /// Builds a model from `(name, rows, cols, values)` in [`Gpt::params`] order.
+    pub fn from_values(dev: &D, config: Config, mut values: Vec<Vec<E>>) -> Gpt<E, D> {
+        let shapes = Self::param_shapes(&config);
+        assert_eq!(values.len(), shapes.len(), "parameter count");
+        let mut tensors: Vec<Param<E, D>> = shapes
+            .iter()
+            .zip(values.drain(..))
+            .map(|((_, s), v)| {
+                assert_eq!(v.len(), s.0 * s.1);
+                dev.tensor_from_vec(v, *s)
+            })
+            .collect::<Vec<_>>();
+        let mut it = tensors.drain(..);
+        let mut next = || it.next().expect("shape list matches");
+        let wte = next();
+        let wpe = next();
+        let h = (0..config.layers)
+            .map(|_| Block {
+                ln_1: next(),
+                q: next(),
+                k: next(),
+                v: next(),
+                c_proj: next(),
+                ln_2: next(),
+                c_fc: next(),
+                mlp_proj: next(),
+            })
+            .collect();
+        let ln_f = next();
+        let lm_head = next();
+        Gpt {
+            config,
+            wte,
+            wpe,
+            h,
+            ln_f,
+            lm_head,
+        }
+    }
+
+    /// A freshly initialised model, as the paper's code: q/k/v N(0, 1/d), attention
+    /// output N(0, 1/(d·L)), MLP N(0, 0.02²), positions N(0, 0.01²), tokens N(0, 0.02²),
+    /// head zero, gains one. The same seed gives the same weights on any device.
+    pub fn init(dev: &D, config: Config, seed: u64) -> Gpt<E, D> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let d = config.width as f64;
+        let values = Self::param_shapes(&config)
+            .into_iter()
+            .map(|(name, (r, c))| {
+                let std = if name.contains("ln_") {
+                    return vec![cst::<E>(1.0); r * c];
+                } else if name == "lm_head.weight" {
+                    return vec![cst::<E>(0.0); r * c];
+                } else if name.contains("attn.q")
+                    || name.contains("attn.k")
+                    || name.contains("attn.v")
+                {
+                    1.0 / d.sqrt()
+                } else if name.contains("attn.c_proj") {
+                    1.0 / (d * config.layers as f64).sqrt()
+                } else if name.contains("mlp.") {
+                    0.02
+                } else if name.contains("wpe") {
+                    0.01
+                } else {
+                    0.02
+                };
+                let normal = Normal::new(0.0, std).expect("finite std");
+                (0..r * c)
+                    .map(|_| cst::<E>(normal.sample(&mut rng)))
+                    .collect()
+            })
+            .collect();
+        Self::from_values(dev, config, values)
+    }
+
+    /// The final-norm output `(B, T, C)` for `ids` (`B·T` token ids, row-major, each
+    /// `<= V`), with gradients tracked when `T` is an `OwnedTape`.
+    ///
+    /// - `causal`: the AR mask (position t attends to u <= t); false for BERT.
+    /// - `keep`: BERT's input mask, `B·T` values, 1 to keep a token's embedding, 0 to
+    ///   zero it (the position embedding stays).
+    /// - `capture`: which intermediate results to copy out into `captures`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward<T: Tape<E, D>>(
+        &self,
+        ids: &[usize],
+        batch: usize,
+        causal: bool,
+        keep: Option<&[E]>,
+        capture: Capture,
+        captures: &mut Captures<E, D>,
+    ) -> Act<E, D, T> {
+        let dev = self.wte.device().clone();
+        let c = &self.config;
+        let (b, t, d) = (batch, ids.len() / batch.max(1), c.width);
+        assert_eq!(b * t, ids.len(), "ids are not B x T");
+        assert!(t <= c.seq_len(), "sequence longer than the position table");
+        let shape = (b, t, d);
+
+        // h = wte[ids] + wpe[0..T]                                         (B, T, C)
+        let idx: Tensor<(usize, usize), usize, D> = dev.tensor_from_vec(ids.to_vec(), (b, t));
+        let mut x: Act<E, D, T> = self.wte.retaped::<T>().gather(idx);
+        if let Some(keep) = keep {
+            let m: Tensor<(usize, usize), E, D> = dev.tensor_from_vec(keep.to_vec(), (b, t));
+            x = x * m.broadcast_like::<_, Axis<2>>(&shape);
+        }
+        let pos = if t == self.wpe.shape().0 {
+            self.wpe.clone()
+        } else {
+            self.wpe.clone().slice((0..t, ..))
+        };
+        x = x + pos.broadcast_like::<_, Axis<0>>(&shape);
+
+        let mask = causal.then(|| {
+            dev.upper_tri_like(&(t, t), cst::<E>(MASKED), 1)
+                .broadcast_like::<_, Axes2<0, 1>>(&(b, c.heads, t, t))
+        });
+        for blk in &self.h {
+            if capture.hidden {
+                captures.hidden.push(x.retaped::<NoneTape>());
+            }
+            // Attention: x = x + attn(rmsnorm(x)) · c_proj
+            let residual = x.retaped::<T>();
+            let a = rmsnorm(x, &blk.ln_1);
+            if capture.probe {
+                captures
+                    .probe
+                    .push(a.retaped::<NoneTape>().mean::<_, Axis<1>>());
+            }
+            let att = attention(self.config, a, blk, mask.clone());
+            x = residual + att.matmul(blk.c_proj.clone());
+            // MLP: x = x + quick_gelu(rmsnorm(x) · c_fc) · mlp_proj
+            let residual = x.retaped::<T>();
+            let m = rmsnorm(x, &blk.ln_2).matmul(blk.c_fc.clone());
+            x = residual + quick_gelu(m).matmul(blk.mlp_proj.clone());
+        }
+        let z = rmsnorm(x, &self.ln_f);
+        if capture.hidden {
+            captures.hidden.push(z.retaped::<NoneTape>());
+        }
+        if capture.probe {
+            captures
+                .probe
+                .push(z.retaped::<NoneTape>().mean::<_, Axis<1>>());
+        }
+        z
+    }
+
+    /// Next-token logits `(B, T, V)` from the final hidden state: `z · lm_headᵀ`.
+    pub fn logits<T: Tape<E, D>>(&self, z: Act<E, D, T>) -> Act<E, D, T> {
+        z.matmul(self.lm_head.clone().permute::<_, Axes2<1, 0>>())
+    }
+}
+
+/// `x / sqrt(mean_C(x²) + eps) · g` per position.
+pub fn rmsnorm<E: Float, D: Device<E>, T: Tape<E, D>>(
+    x: Act<E, D, T>,
+    g: &Param<E, D>,
+) -> Act<E, D, T> {
+    let shape = *x.shape();
+    let inv = (x.retaped::<T>().square().mean::<_, Axis<2>>() + cst::<E>(NORM_EPS))
+        .sqrt()
+        .recip();
+    let gain = g.clone().reshape_like(&(shape.2,));
+    x * inv.broadcast_like::<_, Axis<2>>(&shape) * gain.broadcast_like::<_, Axes2<0, 1>>(&shape)
+}
+
+/// `x · σ(1.702·x)`.
+pub fn quick_gelu<E: Float, D: Device<E>, T: Tape<E, D>>(x: Act<E, D, T>) -> Act<E, D, T> {
+    let s = (x.retaped::<T>() * cst::<E>(QUICK_GELU)).sigmoid();
+    x * s
+}
+
+/// Multi-head attention on the normed input `a` `(B, T, C)`: returns the concatenated
+/// head outputs `(B, T, C)` before the output projection.
+pub fn attention<E: Float, D: Device<E>, T: Tape<E, D>>(
+    config: Config,
+    a: Act<E, D, T>,
+    blk: &Block<E, D>,
+    mask: Option<Tensor<(usize, usize, usize, usize), E, D>>,
+) -> Act<E, D, T> {
+    let (b, t, d) = *a.shape();
+    let (h, hd) = (config.heads, config.head_dim());
+    let heads = (b, t, h, hd);
+    // (B, T, C) -> (B, H, T, K) for q and v, (B, H, K, T) for k.
+    let q = a
+        .retaped::<T>()
+        .matmul(blk.q.clone())
+        .reshape_like(&heads)
+        .permute::<_, Axes4<0, 2, 1, 3>>();
+    let k = a
+        .retaped::<T>()
+        .matmul(blk.k.clone())
+        .reshape_like(&heads)
+        .permute::<_, Axes4<0, 2, 3, 1>>();
+    let v = a
+        .matmul(blk.v.clone())
+        .reshape_like(&heads)
+        .permute::<_, Axes4<0, 2, 1, 3>>();
+    let mut s = q.matmul(k) * cst::<E>(1.0 / (hd as f64).sqrt()); // (B, H, T, T)
+    if let Some(m) = mask {
+        s = s + m;
+    }
+    let o = s.softmax::<Axis<3>>().matmul(v); // (B, H, T, K)
+    o.permute::<_, Axes4<0, 2, 1, 3>>().reshape_like(&(b, t, d))
+}
