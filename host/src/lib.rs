@@ -15,3 +15,4 @@ pub mod model;
 pub mod model_args;
 pub mod palette;
 pub mod progress;
+pub mod train;
