@@ -10,8 +10,7 @@ use crate::model::{cst, Float, Gpt};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use dfdx::prelude::*;
 use igpt_core::{Config, Palette};
-use safetensors::{tensor::TensorView, Dtype as StDtype, SafeTensors};
-use std::collections::HashMap;
+use safetensors::{Dtype as StDtype, SafeTensors};
 use std::path::Path;
 
 /// Value of the `format` metadata key.
@@ -148,37 +147,62 @@ impl Checkpoint {
         for b in &bytes {
             crc.update(b);
         }
-        let mut meta = HashMap::new();
-        meta.insert("format".to_string(), FORMAT.to_string());
-        meta.insert("version".to_string(), VERSION.to_string());
-        meta.insert("config".to_string(), self.config_json());
-        meta.insert("crc32".to_string(), format!("{:08x}", crc.finish()));
+        let mut meta = serde_json::Map::new();
+        let mut put = |k: &str, v: String| {
+            meta.insert(k.to_string(), serde_json::Value::String(v));
+        };
+        put("format", FORMAT.to_string());
+        put("version", VERSION.to_string());
+        put("config", self.config_json());
         if let Some(p) = &self.palette {
             let mut buf = vec![0u8; p.encoded_len()];
             p.to_bytes(&mut buf)?;
-            meta.insert("palette".to_string(), hex(&buf));
+            put("palette", hex(&buf));
         }
         if let Some(t) = &self.train {
-            meta.insert("step".to_string(), t.step.to_string());
-            meta.insert("rng_seed".to_string(), hex(&t.rng_seed));
-            meta.insert("rng_stream".to_string(), t.rng_stream.to_string());
-            meta.insert("rng_word_pos".to_string(), t.rng_word_pos.to_string());
-            meta.insert("train_args".to_string(), t.args.clone());
+            put("step", t.step.to_string());
+            put("rng_seed", hex(&t.rng_seed));
+            put("rng_stream", t.rng_stream.to_string());
+            put("rng_word_pos", t.rng_word_pos.to_string());
+            put("train_args", t.args.clone());
         }
-        let views = named
-            .iter()
-            .zip(&bytes)
-            .map(|((name, m), b)| {
-                // Norm gains are stored 1-D, as in HF's state dict.
-                let shape = if m.rows == 1 && name.contains("ln_") {
-                    vec![m.cols]
-                } else {
-                    vec![m.rows, m.cols]
-                };
-                Ok((name.clone(), TensorView::new(StDtype::F32, shape, b)?))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        Ok(safetensors::serialize(views, Some(meta))?)
+        // The CRC covers every tensor and every other metadata entry.
+        crc.update(
+            serde_json::Value::Object(meta.clone())
+                .to_string()
+                .as_bytes(),
+        );
+        meta.insert(
+            "crc32".into(),
+            serde_json::Value::String(format!("{:08x}", crc.finish())),
+        );
+        // The safetensors layout, written here so that the same checkpoint always gives
+        // the same bytes (keys sorted; tensors' data in canonical order).
+        let mut header = serde_json::Map::new();
+        header.insert("__metadata__".into(), serde_json::Value::Object(meta));
+        let mut offset = 0usize;
+        for ((name, m), b) in named.iter().zip(&bytes) {
+            // Norm gains are stored 1-D, as in HF's state dict.
+            let shape = if m.rows == 1 && name.contains("ln_") {
+                serde_json::json!([m.cols])
+            } else {
+                serde_json::json!([m.rows, m.cols])
+            };
+            header.insert(
+                name.clone(),
+                serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + b.len()]}),
+            );
+            offset += b.len();
+        }
+        let mut head = serde_json::Value::Object(header).to_string().into_bytes();
+        head.resize(head.len().next_multiple_of(8), b' ');
+        let mut out = Vec::with_capacity(8 + head.len() + offset);
+        out.extend_from_slice(&(head.len() as u64).to_le_bytes());
+        out.extend_from_slice(&head);
+        for b in &bytes {
+            out.extend_from_slice(b);
+        }
+        Ok(out)
     }
 
     /// Writes the checkpoint atomically.
@@ -320,6 +344,12 @@ impl Checkpoint {
             let b: Vec<u8> = m.data.iter().flat_map(|x| x.to_le_bytes()).collect();
             crc.update(&b);
         }
+        let rest: serde_json::Map<String, serde_json::Value> = meta
+            .iter()
+            .filter(|(k, _)| k.as_str() != "crc32")
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        crc.update(serde_json::Value::Object(rest).to_string().as_bytes());
         let stored = get("crc32")?;
         let computed = format!("{:08x}", crc.finish());
         if *stored != computed {

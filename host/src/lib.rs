@@ -14,5 +14,7 @@ pub mod io;
 pub mod model;
 pub mod model_args;
 pub mod palette;
+pub mod plot;
+pub mod pretrain;
 pub mod progress;
 pub mod train;

@@ -4,8 +4,11 @@
 use anyhow::{ensure, Context, Result};
 use clap::{Parser, Subcommand};
 use igpt::data::{self, Split};
+use igpt::model::Objective;
 use igpt::model_args::ModelArgs;
 use igpt::palette;
+use igpt::pretrain::{self, PretrainConfig};
+use igpt::train::AdamConfig;
 use igpt_core::{Config, Preset};
 use std::path::PathBuf;
 
@@ -28,6 +31,111 @@ enum Cmd {
     Info(InfoArgs),
     /// Summarise a dataset: image count, size and images per class.
     Data(DataArgs),
+    /// Convert a HuggingFace ImageGPT checkpoint (config.json + model.safetensors).
+    ImportHf(ImportHfArgs),
+    /// Generative pretraining (AR next-pixel or BERT masked-pixel) with checkpoints.
+    Pretrain(PretrainArgs),
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(BenchCmd),
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Training throughput (forward + backward + AdamW) on random tokens; the last line
+    /// is `tokens_per_s=<number>`.
+    Train(BenchTrainArgs),
+}
+
+#[derive(clap::Args)]
+struct ImportHfArgs {
+    /// The HF config.json.
+    #[arg(long)]
+    config: PathBuf,
+    /// The HF model.safetensors.
+    #[arg(long)]
+    weights: PathBuf,
+    /// Attach this palette file (its size must equal vocab_size - 1).
+    #[arg(long)]
+    palette: Option<PathBuf>,
+    /// Output checkpoint.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct PretrainArgs {
+    /// Dataset: CIFAR-10 batches, IDX files or class folders (train split; the test split
+    /// is the validation set).
+    #[arg(long)]
+    data: PathBuf,
+    /// Palette file; its size is the model's k.
+    #[arg(long)]
+    palette: PathBuf,
+    /// Model shape: a preset (default fw) and overrides.
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Training objective.
+    #[arg(long, value_enum, default_value = "ar")]
+    objective: Objective,
+    /// Total optimizer steps.
+    #[arg(long, default_value_t = 1000)]
+    steps: u64,
+    /// Images per step.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Peak learning rate (linear warmup, then cosine decay to 0).
+    #[arg(long, default_value_t = 3e-3)]
+    lr: f64,
+    /// Warmup steps.
+    #[arg(long, default_value_t = 100)]
+    warmup: u64,
+    /// Decoupled weight decay on block projections and the head (the paper used 0).
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Clip the global gradient norm (0: off).
+    #[arg(long, default_value_t = 1.0)]
+    clip: f64,
+    /// Seed of the weights, data order and BERT masks.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Validate, log, plot and checkpoint every N steps.
+    #[arg(long, default_value_t = 100)]
+    eval_every: u64,
+    /// Validation images from the test split (0: none).
+    #[arg(long, default_value_t = 1000)]
+    val_images: usize,
+    /// Use only the first N training images (0: all).
+    #[arg(long, default_value_t = 0)]
+    train_images: usize,
+    /// Run folder: checkpoint.safetensors, log.csv, loss.png.
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue the run in --out (same arguments) from its checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Stop (with a checkpoint) after this step, as an interruption would.
+    #[arg(long)]
+    stop_after: Option<u64>,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(clap::Args)]
+struct BenchTrainArgs {
+    /// Model shape (default: 4 layers, width 128, 4 heads, 16x16, k 512).
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 8)]
+    batch: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 10)]
+    steps: usize,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -172,6 +280,66 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Tokenize(a) => tokenize(a),
+        Cmd::ImportHf(a) => {
+            let mut ck = igpt::hf::import_files(&a.config, &a.weights)?;
+            if let Some(p) = &a.palette {
+                let pal = palette::load(p)?;
+                ensure!(
+                    pal.len() == ck.config.vocab,
+                    "{}: {} colours, the model has {}",
+                    p.display(),
+                    pal.len(),
+                    ck.config.vocab
+                );
+                ck.palette = Some(pal);
+            }
+            ck.save(&a.out)?;
+            let c = ck.config;
+            println!(
+                "{}: {} layers, width {}, {} heads, {}x{}, k {}{}",
+                a.out.display(),
+                c.layers,
+                c.width,
+                c.heads,
+                c.side,
+                c.side,
+                c.vocab,
+                ck.score.as_ref().map_or(String::new(), |s| format!(
+                    ", class head of {} labels",
+                    s.rows
+                ))
+            );
+            Ok(())
+        }
+        Cmd::Pretrain(a) => pretrain_cmd(a),
+        Cmd::Bench(BenchCmd::Train(a)) => {
+            set_threads(a.threads)?;
+            let mut model = a.model.clone();
+            if model.preset.is_none() {
+                model.layers = model.layers.or(Some(4));
+                model.width = model.width.or(Some(128));
+                model.heads = model.heads.or(Some(4));
+                model.side = model.side.or(Some(16));
+                model.vocab = model.vocab.or(Some(512));
+            }
+            let c = model.config(Preset::Test)?;
+            let tps = pretrain::bench_train(c, a.batch, a.steps, true)?;
+            println!(
+                "bench train: {} layers, width {}, {} heads, {}x{} ({} tokens), k {}, batch {}, {} steps, {} threads",
+                c.layers,
+                c.width,
+                c.heads,
+                c.side,
+                c.side,
+                c.seq_len(),
+                c.vocab,
+                a.batch,
+                a.steps,
+                rayon::current_num_threads()
+            );
+            println!("tokens_per_s={tps:.1}");
+            Ok(())
+        }
         Cmd::Info(a) => info(a),
         Cmd::Data(a) => {
             let ds = data::load(&a.data, a.split, None)?;
@@ -191,6 +359,75 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn set_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(t) = threads {
+        ensure!(t > 0, "--threads must be positive");
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+            .context("cannot set the thread count")?;
+    }
+    Ok(())
+}
+
+fn pretrain_cmd(a: PretrainArgs) -> Result<()> {
+    set_threads(a.threads)?;
+    let pal = palette::load(&a.palette)?;
+    if let Some(v) = a.model.vocab {
+        ensure!(
+            v == pal.len(),
+            "--vocab {v} but {} has {} colours",
+            a.palette.display(),
+            pal.len()
+        );
+    }
+    let mut margs = a.model.clone();
+    margs.vocab = Some(pal.len());
+    let model = margs.config(Preset::Fw)?;
+    let cfg = PretrainConfig {
+        data: a.data.clone(),
+        model,
+        objective: a.objective,
+        steps: a.steps,
+        batch: a.batch,
+        lr: a.lr,
+        warmup: a.warmup,
+        adam: AdamConfig {
+            weight_decay: a.weight_decay,
+            clip: a.clip,
+            ..AdamConfig::default()
+        },
+        seed: a.seed,
+        eval_every: a.eval_every,
+        val_images: a.val_images,
+        train_images: a.train_images,
+    };
+    eprintln!(
+        "pretrain {:?}: {} layers, width {}, {} heads, {}x{}, k {} ({} parameters), batch {}, {} steps, {} threads",
+        a.objective,
+        model.layers,
+        model.width,
+        model.heads,
+        model.side,
+        model.side,
+        model.vocab,
+        model.param_count(),
+        a.batch,
+        a.steps,
+        rayon::current_num_threads()
+    );
+    let s = pretrain::pretrain(&cfg, &pal, &a.out, a.resume, a.stop_after, true)?;
+    println!(
+        "{}: step {}, train {:.4} bits/dim, validation {:.4} bits/dim, {:.1} s",
+        pretrain::checkpoint_path(&a.out).display(),
+        s.steps,
+        s.train_bpd,
+        s.val_bpd,
+        s.seconds
+    );
+    Ok(())
 }
 
 fn check_side(side: Option<usize>) -> Result<()> {
