@@ -388,7 +388,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 fn unhex(s: &str) -> Result<Vec<u8>> {
-    ensure!(s.is_ascii() && s.len() % 2 == 0, "bad hex");
+    ensure!(s.is_ascii() && s.len().is_multiple_of(2), "bad hex");
     (0..s.len())
         .step_by(2)
         .map(|i| u8::from_str_radix(&s[i..i + 2], 16).map_err(|_| anyhow!("bad hex")))

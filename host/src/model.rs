@@ -33,6 +33,8 @@ const MASKED: f64 = -1e9;
 pub type Param<E, D> = Tensor<(usize, usize), E, D>;
 /// Activations `(B, T, C)`.
 pub type Act<E, D, T> = Tensor<(usize, usize, usize), E, D, T>;
+/// Attention scores or an additive mask `(B, H, T, T)`.
+pub type Scores<E, D> = Tensor<(usize, usize, usize, usize), E, D>;
 
 /// A float element type the model runs in.
 pub trait Float: Dtype + num_traits::Float {}
@@ -366,7 +368,7 @@ pub fn attention<E: Float, D: Device<E>, T: Tape<E, D>>(
     config: Config,
     a: Act<E, D, T>,
     blk: &Block<E, D>,
-    mask: Option<Tensor<(usize, usize, usize, usize), E, D>>,
+    mask: Option<Scores<E, D>>,
 ) -> Act<E, D, T> {
     let (b, t, d) = *a.shape();
     let (h, hd) = (config.heads, config.head_dim());
