@@ -404,20 +404,6 @@ fn pretrain_cmd(a: PretrainArgs) -> Result<()> {
         val_images: a.val_images,
         train_images: a.train_images,
     };
-    eprintln!(
-        "pretrain {:?}: {} layers, width {}, {} heads, {}x{}, k {} ({} parameters), batch {}, {} steps, {} threads",
-        a.objective,
-        model.layers,
-        model.width,
-        model.heads,
-        model.side,
-        model.side,
-        model.vocab,
-        model.param_count(),
-        a.batch,
-        a.steps,
-        rayon::current_num_threads()
-    );
     let s = pretrain::pretrain(&cfg, &pal, &a.out, a.resume, a.stop_after, true)?;
     println!(
         "{}: step {}, train {:.4} bits/dim, validation {:.4} bits/dim, {:.1} s",

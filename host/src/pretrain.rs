@@ -261,6 +261,26 @@ pub fn pretrain(
     };
 
     let start = opt.step;
+    if show_progress {
+        let m = cfg.model;
+        eprintln!(
+            "pretrain {:?}: {} layers, width {}, {} heads, {}x{}, k {} ({} parameters); {} training and {} validation images; batch {}, steps {}..{}, {} threads",
+            cfg.objective,
+            m.layers,
+            m.width,
+            m.heads,
+            m.side,
+            m.side,
+            m.vocab,
+            m.param_count(),
+            train_set.len(),
+            val_set.len(),
+            cfg.batch,
+            start,
+            cfg.steps,
+            rayon::current_num_threads()
+        );
+    }
     let end = stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
     let n = cfg.model.seq_len();
     let bar = crate::progress::bar(cfg.steps, "pretrain", show_progress);

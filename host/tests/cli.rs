@@ -375,3 +375,180 @@ fn bad_arguments() {
     let out = igpt(&["tokenize"]);
     assert_eq!(out.status.code(), Some(2), "clap usage errors exit 2");
 }
+
+fn fixture(name: &str) -> PathBuf {
+    shared().join("fixtures/hf-imagegpt").join(name)
+}
+
+#[test]
+fn import_hf_and_refuse_biases() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tiny.ckpt");
+    let cfg = fixture("tiny.json");
+    let w = fixture("tiny.safetensors");
+    let r = igpt(&[
+        "import-hf",
+        "--config",
+        s(&cfg),
+        "--weights",
+        s(&w),
+        "--out",
+        s(&out),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let ck = igpt::checkpoint::Checkpoint::load(&out).unwrap();
+    assert_eq!(
+        (
+            ck.config.layers,
+            ck.config.width,
+            ck.config.vocab,
+            ck.config.side
+        ),
+        (2, 32, 512, 8)
+    );
+
+    // The same weights with one non-zero bias are refused, naming the tensor.
+    let bytes = std::fs::read(&w).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut owned: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(n, t)| (n, t.dtype(), t.shape().to_vec(), t.data().to_vec()))
+        .collect();
+    for t in owned.iter_mut() {
+        if t.0 == "transformer.h.1.mlp.c_fc.bias" {
+            t.3[..4].copy_from_slice(&0.25f32.to_le_bytes());
+        }
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView)> = owned
+        .iter()
+        .map(|(n, d, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(*d, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    let biased = dir.path().join("biased.safetensors");
+    std::fs::write(&biased, safetensors::serialize(views, None).unwrap()).unwrap();
+    fails(
+        &[
+            "import-hf",
+            "--config",
+            s(&cfg),
+            "--weights",
+            s(&biased),
+            "--out",
+            s(&out),
+        ],
+        &[
+            "biased.safetensors",
+            "transformer.h.1.mlp.c_fc.bias",
+            "non-zero",
+        ],
+    );
+    // A config that is not JSON, and a palette of the wrong size.
+    let bad = dir.path().join("config.json");
+    std::fs::write(&bad, "{ not json").unwrap();
+    fails(
+        &[
+            "import-hf",
+            "--config",
+            s(&bad),
+            "--weights",
+            s(&w),
+            "--out",
+            s(&out),
+        ],
+        &["config.json", "JSON"],
+    );
+    let pal = dir.path().join("p.pal");
+    std::fs::write(&pal, palette_bytes(&Palette::new(1, &[0, 255]).unwrap())).unwrap();
+    fails(
+        &[
+            "import-hf",
+            "--config",
+            s(&cfg),
+            "--weights",
+            s(&w),
+            "--palette",
+            s(&pal),
+            "--out",
+            s(&out),
+        ],
+        &["p.pal", "2 colours", "512"],
+    );
+}
+
+#[test]
+fn pretrain_resume_from_a_corrupt_checkpoint_is_one_error_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cifar");
+    std::fs::create_dir(&data).unwrap();
+    let src = shared().join("data/cifar10-sample/test_batch.bin");
+    std::fs::copy(&src, data.join("data_batch_1.bin")).unwrap();
+    std::fs::copy(&src, data.join("test_batch.bin")).unwrap();
+    let pal = dir.path().join("p.pal");
+    assert!(igpt(&[
+        "palette",
+        "fit",
+        "--data",
+        s(&data),
+        "--k",
+        "4",
+        "--channels",
+        "1",
+        "--side",
+        "4",
+        "--out",
+        s(&pal)
+    ])
+    .status
+    .success());
+    let run = dir.path().join("run");
+    let args = [
+        "pretrain",
+        "--data",
+        s(&data),
+        "--palette",
+        s(&pal),
+        "--layers",
+        "1",
+        "--width",
+        "16",
+        "--heads",
+        "2",
+        "--side",
+        "4",
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--warmup",
+        "1",
+        "--eval-every",
+        "1",
+        "--val-images",
+        "2",
+        "--out",
+        s(&run),
+    ];
+    let r = igpt(&args);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert!(stdout.contains("step 2"), "{stdout}");
+    assert!(run.join("loss.png").is_file() && run.join("log.csv").is_file());
+    // A second run into the same folder is refused.
+    fails(&args, &["checkpoint.safetensors", "--resume"]);
+    // Corrupt the checkpoint's last byte: --resume reports it.
+    let ck = run.join("checkpoint.safetensors");
+    let mut b = std::fs::read(&ck).unwrap();
+    let last = b.len() - 1;
+    b[last] ^= 0x10;
+    std::fs::write(&ck, &b).unwrap();
+    let mut resume = args.to_vec();
+    resume.push("--resume");
+    fails(&resume, &["checkpoint.safetensors", "checksum mismatch"]);
+    std::fs::write(&ck, &b[..100]).unwrap();
+    fails(&resume, &["checkpoint.safetensors", "bad checkpoint"]);
+}
