@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod data;
 pub mod hf;
 pub mod io;
+pub mod kernels;
 pub mod model;
 pub mod model_args;
 pub mod palette;

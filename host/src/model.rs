@@ -16,6 +16,7 @@
 //! Shapes: B batch, T positions, C = d width, H heads, K = C / H head width, V = k
 //! palette colours (the head's outputs), V+1 embedding rows (row V is SOS).
 
+use crate::train::AdamW;
 use dfdx::prelude::*;
 use igpt_core::Config;
 use rand::SeedableRng;
@@ -83,6 +84,9 @@ pub struct Gpt<E: Dtype, D: Storage<E>> {
     pub ln_f: Param<E, D>,
     /// `(V, C)` next-token head, stored `[out, in]` like HF's `lm_head` (`y = z·Wᵀ`).
     pub lm_head: Param<E, D>,
+    /// Use the device's fused kernels where it has them (CPU f32); false runs the plain
+    /// dfdx compositions (the reference twins). True by default.
+    pub fused: bool,
 }
 
 /// Whether positions see only the past (AR, next-pixel prediction) or everything (BERT).
@@ -225,6 +229,7 @@ impl<E: Float, D: Device<E>> Gpt<E, D> {
             h,
             ln_f,
             lm_head,
+            fused: true,
         }
     }
 
@@ -263,7 +268,9 @@ impl<E: Float, D: Device<E>> Gpt<E, D> {
             .collect();
         Self::from_values(dev, config, values)
     }
+}
 
+impl<E: Float, D: Kernels<E>> Gpt<E, D> {
     /// The final-norm output `(B, T, C)` for `ids` (`B·T` token ids, row-major, each
     /// `<= V`), with gradients tracked when `T` is an `OwnedTape`.
     ///
@@ -287,6 +294,7 @@ impl<E: Float, D: Device<E>> Gpt<E, D> {
         assert_eq!(b * t, ids.len(), "ids are not B x T");
         assert!(t <= c.seq_len(), "sequence longer than the position table");
         let shape = (b, t, d);
+        let f = self.fused;
 
         // h = wte[ids] + wpe[0..T]                                         (B, T, C)
         let idx: Tensor<(usize, usize), usize, D> = dev.tensor_from_vec(ids.to_vec(), (b, t));
@@ -302,30 +310,29 @@ impl<E: Float, D: Device<E>> Gpt<E, D> {
         };
         x = x + pos.broadcast_like::<_, Axis<0>>(&shape);
 
-        let mask = causal.then(|| {
-            dev.upper_tri_like(&(t, t), cst::<E>(MASKED), 1)
-                .broadcast_like::<_, Axes2<0, 1>>(&(b, c.heads, t, t))
-        });
         for blk in &self.h {
             if capture.hidden {
                 captures.hidden.push(x.retaped::<NoneTape>());
             }
             // Attention: x = x + attn(rmsnorm(x)) · c_proj
             let residual = x.retaped::<T>();
-            let a = rmsnorm(x, &blk.ln_1);
+            let a = D::rmsnorm(x, &blk.ln_1, f);
             if capture.probe {
                 captures
                     .probe
                     .push(a.retaped::<NoneTape>().mean::<_, Axis<1>>());
             }
-            let att = attention(self.config, a, blk, mask.clone());
+            let q = a.retaped::<T>().matmul(blk.q.clone());
+            let k = a.retaped::<T>().matmul(blk.k.clone());
+            let v = a.matmul(blk.v.clone());
+            let att = D::attention(q, k, v, c.heads, causal, f);
             x = residual + att.matmul(blk.c_proj.clone());
             // MLP: x = x + quick_gelu(rmsnorm(x) · c_fc) · mlp_proj
             let residual = x.retaped::<T>();
-            let m = rmsnorm(x, &blk.ln_2).matmul(blk.c_fc.clone());
-            x = residual + quick_gelu(m).matmul(blk.mlp_proj.clone());
+            let m = D::rmsnorm(x, &blk.ln_2, f).matmul(blk.c_fc.clone());
+            x = residual + D::quick_gelu(m, f).matmul(blk.mlp_proj.clone());
         }
-        let z = rmsnorm(x, &self.ln_f);
+        let z = D::rmsnorm(x, &self.ln_f, f);
         if capture.hidden {
             captures.hidden.push(z.retaped::<NoneTape>());
         }
@@ -362,36 +369,190 @@ pub fn quick_gelu<E: Float, D: Device<E>, T: Tape<E, D>>(x: Act<E, D, T>) -> Act
     x * s
 }
 
-/// Multi-head attention on the normed input `a` `(B, T, C)`: returns the concatenated
-/// head outputs `(B, T, C)` before the output projection.
+/// Multi-head attention: q, k, v `(B, T, C)` (head j owns columns `j·K..(j+1)·K`) to
+/// the concatenated head outputs `(B, T, C)` before the output projection.
 pub fn attention<E: Float, D: Device<E>, T: Tape<E, D>>(
-    config: Config,
-    a: Act<E, D, T>,
-    blk: &Block<E, D>,
-    mask: Option<Scores<E, D>>,
+    q: Act<E, D, T>,
+    k: Act<E, D, T>,
+    v: Act<E, D, T>,
+    heads: usize,
+    causal: bool,
 ) -> Act<E, D, T> {
-    let (b, t, d) = *a.shape();
-    let (h, hd) = (config.heads, config.head_dim());
-    let heads = (b, t, h, hd);
+    let (b, t, d) = *q.shape();
+    let hd = d / heads;
+    let split = (b, t, heads, hd);
     // (B, T, C) -> (B, H, T, K) for q and v, (B, H, K, T) for k.
-    let q = a
-        .retaped::<T>()
-        .matmul(blk.q.clone())
-        .reshape_like(&heads)
-        .permute::<_, Axes4<0, 2, 1, 3>>();
-    let k = a
-        .retaped::<T>()
-        .matmul(blk.k.clone())
-        .reshape_like(&heads)
-        .permute::<_, Axes4<0, 2, 3, 1>>();
-    let v = a
-        .matmul(blk.v.clone())
-        .reshape_like(&heads)
-        .permute::<_, Axes4<0, 2, 1, 3>>();
+    let q = q.reshape_like(&split).permute::<_, Axes4<0, 2, 1, 3>>();
+    let k = k.reshape_like(&split).permute::<_, Axes4<0, 2, 3, 1>>();
+    let v = v.reshape_like(&split).permute::<_, Axes4<0, 2, 1, 3>>();
     let mut s = q.matmul(k) * cst::<E>(1.0 / (hd as f64).sqrt()); // (B, H, T, T)
-    if let Some(m) = mask {
-        s = s + m;
+    if causal {
+        let dev = s.device().clone();
+        let mask: Scores<E, D> = dev
+            .upper_tri_like(&(t, t), cst::<E>(MASKED), 1)
+            .broadcast_like::<_, Axes2<0, 1>>(&(b, heads, t, t));
+        s = s + mask;
     }
     let o = s.softmax::<Axis<3>>().matmul(v); // (B, H, T, K)
     o.permute::<_, Axes4<0, 2, 1, 3>>().reshape_like(&(b, t, d))
+}
+
+/// The building blocks a device runs the model with. The default methods are the plain
+/// dfdx compositions above (the reference twins, on any device); CPU f32 overrides them
+/// with the fused kernels of [`crate::kernels`] when `fused` is true.
+pub trait Kernels<E: Float>: Device<E> {
+    /// RMS norm.
+    fn rmsnorm<T: Tape<E, Self>>(
+        x: Act<E, Self, T>,
+        g: &Param<E, Self>,
+        fused: bool,
+    ) -> Act<E, Self, T> {
+        let _ = fused;
+        rmsnorm(x, g)
+    }
+    /// quick_gelu.
+    fn quick_gelu<T: Tape<E, Self>>(x: Act<E, Self, T>, fused: bool) -> Act<E, Self, T> {
+        let _ = fused;
+        quick_gelu(x)
+    }
+    /// Multi-head attention.
+    fn attention<T: Tape<E, Self>>(
+        q: Act<E, Self, T>,
+        k: Act<E, Self, T>,
+        v: Act<E, Self, T>,
+        heads: usize,
+        causal: bool,
+        fused: bool,
+    ) -> Act<E, Self, T> {
+        let _ = fused;
+        attention(q, k, v, heads, causal)
+    }
+    /// `-Σ weight · log softmax(logits)[target]`, logits `(B, T, V)`.
+    fn cross_entropy<T: Tape<E, Self>>(
+        logits: Act<E, Self, T>,
+        target: &[usize],
+        weight: &[f32],
+        fused: bool,
+    ) -> Tensor<(), E, Self, T> {
+        let _ = fused;
+        cross_entropy(logits, target, weight)
+    }
+    /// One AdamW step (see [`crate::train::AdamW::update`]).
+    fn adamw(
+        opt: &mut AdamW<E, Self>,
+        gpt: &mut Gpt<E, Self>,
+        grads: &mut Gradients<E, Self>,
+        lr: f64,
+    ) -> f64 {
+        opt.update_reference(gpt, grads, lr)
+    }
+}
+
+/// The reference weighted cross-entropy: log_softmax, select the targets, weigh, sum.
+pub fn cross_entropy<E: Float, D: Device<E>, T: Tape<E, D>>(
+    logits: Act<E, D, T>,
+    target: &[usize],
+    weight: &[f32],
+) -> Tensor<(), E, D, T> {
+    let (b, t, _) = *logits.shape();
+    let dev = logits.device().clone();
+    let target: Tensor<(usize, usize), usize, D> = dev.tensor_from_vec(target.to_vec(), (b, t));
+    let w: Tensor<(usize, usize), E, D> =
+        dev.tensor_from_vec(weight.iter().map(|&x| cst::<E>(x as f64)).collect(), (b, t));
+    (logits.log_softmax::<Axis<2>>().select(target) * w)
+        .sum()
+        .negate()
+}
+
+impl Kernels<f64> for Cpu {}
+
+impl Kernels<f32> for Cpu {
+    fn rmsnorm<T: Tape<f32, Self>>(
+        x: Act<f32, Self, T>,
+        g: &Param<f32, Self>,
+        fused: bool,
+    ) -> Act<f32, Self, T> {
+        if fused {
+            crate::kernels::rmsnorm(x, g)
+        } else {
+            rmsnorm(x, g)
+        }
+    }
+    fn quick_gelu<T: Tape<f32, Self>>(x: Act<f32, Self, T>, fused: bool) -> Act<f32, Self, T> {
+        if fused {
+            crate::kernels::quick_gelu(x)
+        } else {
+            quick_gelu(x)
+        }
+    }
+    fn attention<T: Tape<f32, Self>>(
+        q: Act<f32, Self, T>,
+        k: Act<f32, Self, T>,
+        v: Act<f32, Self, T>,
+        heads: usize,
+        causal: bool,
+        fused: bool,
+    ) -> Act<f32, Self, T> {
+        if fused {
+            crate::kernels::attention(q, k, v, heads, causal)
+        } else {
+            attention(q, k, v, heads, causal)
+        }
+    }
+    fn cross_entropy<T: Tape<f32, Self>>(
+        logits: Act<f32, Self, T>,
+        target: &[usize],
+        weight: &[f32],
+        fused: bool,
+    ) -> Tensor<(), f32, Self, T> {
+        if fused {
+            crate::kernels::cross_entropy(logits, target, weight)
+        } else {
+            cross_entropy(logits, target, weight)
+        }
+    }
+    fn adamw(
+        opt: &mut AdamW<f32, Self>,
+        gpt: &mut Gpt<f32, Self>,
+        grads: &mut Gradients<f32, Self>,
+        lr: f64,
+    ) -> f64 {
+        if !gpt.fused {
+            return opt.update_reference(gpt, grads, lr);
+        }
+        // Global norm straight from the gradient buffers.
+        let mut sq = 0f64;
+        for (_, p) in gpt.params() {
+            let g = grads.get_or_alloc_mut(p).expect("gradient buffer");
+            sq += g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>();
+        }
+        let norm = sq.sqrt();
+        let scale = opt.clip_scale(norm) as f32;
+        let (bc1, bc2) = opt.bias_corrections();
+        opt.step += 1;
+        let c = opt.cfg;
+        let names: Vec<String> = gpt.params().into_iter().map(|(n, _)| n).collect();
+        for (i, p) in gpt.params_mut().into_iter().enumerate() {
+            let wd = if Gpt::<f32, Cpu>::decays(&names[i]) {
+                c.weight_decay
+            } else {
+                0.0
+            };
+            let g = grads.get_or_alloc_mut(&*p).expect("gradient buffer");
+            let (mut pv, mut mv, mut vv) = (p.as_vec(), opt.m[i].as_vec(), opt.v[i].as_vec());
+            crate::kernels::adamw_step(
+                &mut pv,
+                g,
+                &mut mv,
+                &mut vv,
+                (c.beta1 as f32, c.beta2 as f32, c.eps as f32),
+                (lr as f32, wd as f32),
+                (bc1 as f32, bc2 as f32, scale),
+            );
+            p.copy_from(&pv);
+            opt.m[i].copy_from(&mv);
+            opt.v[i].copy_from(&vv);
+        }
+        norm
+    }
 }

@@ -319,8 +319,8 @@ pub fn pretrain(
             nats.is_finite(),
             "loss became {nats} at step {step}: lower --lr"
         );
-        let grads = loss.backward();
-        opt.update(&mut gpt, &grads, lr);
+        let mut grads = loss.backward();
+        opt.update(&mut gpt, &mut grads, lr);
         window.0 += train::bits(nats);
         window.1 += 1;
         bar.inc(1);
@@ -405,8 +405,8 @@ pub fn bench_train(config: Config, batch: usize, steps: usize, show_progress: bo
         if i == 1 {
             t = Instant::now();
         }
-        let grads = train::loss::<f32, Cpu, OwnedTape<f32, Cpu>>(&gpt, &b).backward();
-        opt.update(&mut gpt, &grads, 1e-4);
+        let mut grads = train::loss::<f32, Cpu, OwnedTape<f32, Cpu>>(&gpt, &b).backward();
+        opt.update(&mut gpt, &mut grads, 1e-4);
         if i > 0 {
             bar.inc(1);
         }

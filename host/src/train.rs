@@ -5,7 +5,7 @@
 //! Everything here runs through dfdx tensor ops, so it works on any dfdx device.
 
 use crate::checkpoint::Mat;
-use crate::model::{cst, Capture, Captures, Float, Gpt, Objective, Param};
+use crate::model::{cst, Capture, Captures, Float, Gpt, Kernels, Objective, Param};
 use dfdx::prelude::*;
 use rand::Rng;
 
@@ -93,7 +93,7 @@ pub fn make_batch<R: Rng>(
 }
 
 /// The batch's loss in nats: `-Σ weight · log softmax(logits)[target]`.
-pub fn loss<E: Float, D: Device<E>, T: Tape<E, D>>(
+pub fn loss<E: Float, D: Kernels<E>, T: Tape<E, D>>(
     gpt: &Gpt<E, D>,
     batch: &Batch,
 ) -> Tensor<(), E, D, T> {
@@ -220,9 +220,38 @@ impl<E: Float, D: Device<E>> AdamW<E, D> {
         )
     }
 
-    /// One AdamW step at learning rate `lr` with the gradients of `gpt`'s parameters.
+    /// One AdamW step at learning rate `lr` with the gradients of `gpt`'s parameters:
+    /// the device's fused update when `gpt.fused` (CPU f32), else [`AdamW::update_reference`].
     /// Returns the global gradient norm before clipping.
-    pub fn update(&mut self, gpt: &mut Gpt<E, D>, grads: &Gradients<E, D>, lr: f64) -> f64 {
+    pub fn update(&mut self, gpt: &mut Gpt<E, D>, grads: &mut Gradients<E, D>, lr: f64) -> f64
+    where
+        D: Kernels<E>,
+    {
+        D::adamw(self, gpt, grads, lr)
+    }
+
+    /// The bias-correction factors `1 - β^t` for the step about to be taken.
+    pub fn bias_corrections(&self) -> (f64, f64) {
+        let t = (self.step + 1) as i32;
+        (1.0 - self.cfg.beta1.powi(t), 1.0 - self.cfg.beta2.powi(t))
+    }
+
+    /// The gradient scale that clips a global norm `norm` to `cfg.clip`.
+    pub fn clip_scale(&self, norm: f64) -> f64 {
+        if self.cfg.clip > 0.0 && norm > self.cfg.clip {
+            self.cfg.clip / norm
+        } else {
+            1.0
+        }
+    }
+
+    /// AdamW in dfdx tensor ops (any device): the reference twin of the fused update.
+    pub fn update_reference(
+        &mut self,
+        gpt: &mut Gpt<E, D>,
+        grads: &Gradients<E, D>,
+        lr: f64,
+    ) -> f64 {
         let names: Vec<String> = gpt.params().into_iter().map(|(n, _)| n).collect();
         let g: Vec<Param<E, D>> = gpt
             .params()
@@ -234,15 +263,10 @@ impl<E: Float, D: Device<E>> AdamW<E, D> {
             .map(|x| scalar(x.clone().square().sum::<(), _>()))
             .sum::<f64>()
             .sqrt();
-        let scale = if self.cfg.clip > 0.0 && norm > self.cfg.clip {
-            self.cfg.clip / norm
-        } else {
-            1.0
-        };
+        let scale = self.clip_scale(norm);
+        let (bc1, bc2) = self.bias_corrections();
         self.step += 1;
         let c = self.cfg;
-        let bc1 = 1.0 - c.beta1.powi(self.step as i32);
-        let bc2 = 1.0 - c.beta2.powi(self.step as i32);
         for (i, p) in gpt.params_mut().into_iter().enumerate() {
             let g = g[i].clone() * cst::<E>(scale);
             let m = self.m[i].clone() * cst::<E>(c.beta1) + g.clone() * cst::<E>(1.0 - c.beta1);
@@ -274,7 +298,7 @@ pub fn lr_at(step: u64, base: f64, warmup: u64, total: u64) -> f64 {
 
 /// Mean loss in nats per position over `images`, in batches of `batch`, without
 /// gradients. BERT masks come from `rng`.
-pub fn evaluate<E: Float, D: Device<E>, R: Rng>(
+pub fn evaluate<E: Float, D: Kernels<E>, R: Rng>(
     gpt: &Gpt<E, D>,
     images: &[&[u16]],
     batch: usize,

@@ -5,7 +5,7 @@
 
 use dfdx::prelude::*;
 use igpt::hf;
-use igpt::model::{cst, Capture, Captures, Float, Gpt};
+use igpt::model::{cst, Capture, Captures, Float, Gpt, Kernels};
 use igpt_tests::{cases_with, Fixture};
 
 fn max_diff(got: &[f64], want: &[f32]) -> f64 {
@@ -16,16 +16,17 @@ fn max_diff(got: &[f64], want: &[f32]) -> f64 {
         .fold(0.0, f64::max)
 }
 
-fn check<E: Float>(f: &Fixture, tol: f64) -> usize
+fn check<E: Float>(f: &Fixture, tol: f64, fused: bool) -> usize
 where
-    Cpu: Device<E>,
+    Cpu: Kernels<E>,
 {
     let json_path = f.path.with_extension("json");
     let json = std::fs::read_to_string(&json_path).unwrap();
     let config = hf::config_from_json(&json).unwrap();
     let ck = hf::import(config, &std::fs::read(&f.path).unwrap()).unwrap();
     let dev = Cpu::seed_from_u64(0);
-    let gpt: Gpt<E, Cpu> = ck.model(&dev);
+    let mut gpt: Gpt<E, Cpu> = ck.model(&dev);
+    gpt.fused = fused;
     let (ishape, ids) = f.i64("input_ids").unwrap();
     let (b, t) = (ishape[0], ishape[1]);
     let ids: Vec<usize> = ids.iter().map(|&i| i as usize).collect();
@@ -37,7 +38,11 @@ where
     let z = gpt.forward::<NoneTape>(&ids, b, true, None, capture, &mut caps);
     let to64 = |v: Vec<E>| -> Vec<f64> { v.into_iter().map(|x| x.to_f64().unwrap()).collect() };
     let mut checked = 0;
-    let ty = std::any::type_name::<E>();
+    let ty = format!(
+        "{}{}",
+        std::any::type_name::<E>(),
+        if fused { "" } else { " reference" }
+    );
     let mut report = |name: &str, got: Vec<f64>| {
         let (_, want) = f.f32(name).unwrap();
         let diff = max_diff(&got, &want);
@@ -84,15 +89,22 @@ where
 }
 
 #[test]
-fn every_hf_model_case_matches_in_f32() {
+fn every_hf_model_case_matches_in_f32_fused() {
     let cases = cases_with(&["input_ids", "expected.logits", "expected.hidden_states.0"]).unwrap();
-    let n: usize = cases.iter().map(|f| check::<f32>(f, 1e-4)).sum();
+    let n: usize = cases.iter().map(|f| check::<f32>(f, 1e-4, true)).sum();
+    assert!(n >= 3 * cases.len());
+}
+
+#[test]
+fn every_hf_model_case_matches_in_f32_reference() {
+    let cases = cases_with(&["input_ids", "expected.logits", "expected.hidden_states.0"]).unwrap();
+    let n: usize = cases.iter().map(|f| check::<f32>(f, 1e-4, false)).sum();
     assert!(n >= 3 * cases.len());
 }
 
 #[test]
 fn every_hf_model_case_matches_in_f64() {
     let cases = cases_with(&["input_ids", "expected.logits", "expected.hidden_states.0"]).unwrap();
-    let n: usize = cases.iter().map(|f| check::<f64>(f, 2e-5)).sum();
+    let n: usize = cases.iter().map(|f| check::<f64>(f, 2e-5, true)).sum();
     assert!(n >= 3 * cases.len());
 }

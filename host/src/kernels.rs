@@ -1,0 +1,716 @@
+//! Fused CPU kernels (f32) for the training hot paths, and their dfdx tape wrappers.
+//!
+//! Each kernel is a plain function on slices with its backward, registered on dfdx's tape
+//! with `Tape::add_backward_op`; gradients are accumulated into
+//! `Gradients::get_or_alloc_mut`. The reference twins are the dfdx compositions in
+//! [`crate::model`] (`rmsnorm`, `quick_gelu`, `attention`) and [`crate::train`]
+//! (`loss`, `AdamW::update`); tests compare forward values and gradients of every pair.
+//!
+//! | kernel | replaces | saves |
+//! |---|---|---|
+//! | [`rmsnorm`] | square, mean, add, sqrt, recip, 2 broadcasts, 2 muls | 9 tensors and their backward passes |
+//! | [`quick_gelu`] | mul, sigmoid, mul | 2 tensors; a vectorised exp |
+//! | [`attention`] | 3 reshapes, 3 permutes, 2 batched matmuls, scale, mask add, softmax | the permute copies, the (B,H,T,T) mask and score temporaries; masked entries skipped |
+//! | [`cross_entropy`] | log_softmax, select, weight mul, sum | the (B,T,V) log-probabilities |
+//!
+//! Matrix products go through the `gemm` crate (dfdx's own CPU matmul) with strides, so
+//! per-head views need no copies. Work over (batch, head) pairs and rows is split with
+//! rayon.
+
+use crate::model::{Act, Param, NORM_EPS, QUICK_GELU};
+use dfdx::prelude::*;
+use rayon::prelude::*;
+
+fn span(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
+    (rows - 1) * rs + (cols - 1) * cs + 1
+}
+
+/// `dst (m×n) = [dst +] scale · lhs (m×k) · rhs (k×n)` on strided views of slices.
+/// Panics if a view reaches outside its slice (an internal shape bug).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_st: (usize, usize),
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_st: (usize, usize),
+    rhs: &[f32],
+    rhs_st: (usize, usize),
+    scale: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        span(m, n, dst_st.0, dst_st.1) <= dst.len(),
+        "gemm: dst view out of bounds"
+    );
+    // Safety: the destination view lies inside `dst` (checked above), which is a unique
+    // borrow for the duration of the call.
+    unsafe {
+        gemm_raw(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_st,
+            accumulate,
+            lhs,
+            lhs_st,
+            rhs,
+            rhs_st,
+            scale,
+        )
+    }
+}
+
+/// [`gemm`] into a raw destination.
+///
+/// # Safety
+/// The `m×n` view at `dst` with strides `dst_st` must be valid for reads and writes and
+/// not accessed by anything else during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    (dst_rs, dst_cs): (usize, usize),
+    accumulate: bool,
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+    scale: f32,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            for i in 0..m {
+                for j in 0..n {
+                    // Safety: inside the destination view (caller's contract).
+                    unsafe { *dst.add(i * dst_rs + j * dst_cs) = 0.0 };
+                }
+            }
+        }
+        return;
+    }
+    assert!(
+        span(m, k, lhs_rs, lhs_cs) <= lhs.len(),
+        "gemm: lhs view out of bounds"
+    );
+    assert!(
+        span(k, n, rhs_rs, rhs_cs) <= rhs.len(),
+        "gemm: rhs view out of bounds"
+    );
+    // Safety: the input views were checked to lie inside their slices; the destination
+    // view is valid and unaliased by the caller's contract.
+    unsafe {
+        gemm_crate::gemm(
+            m,
+            n,
+            k,
+            dst,
+            dst_cs as isize,
+            dst_rs as isize,
+            accumulate,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            gemm_crate::Parallelism::None,
+        )
+    }
+}
+
+/// `exp(x)` to within ~2 ulp for x in [-87, 88], written so that loops over it
+/// vectorise (no branches, no calls); 0 below -87, and large inputs saturate at
+/// `exp(88)`.
+#[inline(always)]
+pub fn fast_exp(x: f32) -> f32 {
+    let x = x.clamp(-87.0, 88.0);
+    // exp(x) = 2^n · exp(r), n = round(x / ln 2), r = x - n·ln 2 in [-ln2/2, ln2/2].
+    let n = (x * std::f32::consts::LOG2_E).round();
+    let r = n.mul_add(-0.693_145_75, x);
+    let r = n.mul_add(-1.428_606_8e-6, r);
+    // Degree-6 Taylor polynomial of exp on the reduced range (error < 3e-8 relative).
+    let p = 1.0 / 720.0;
+    let p = p * r + 1.0 / 120.0;
+    let p = p * r + 1.0 / 24.0;
+    let p = p * r + 1.0 / 6.0;
+    let p = p * r + 0.5;
+    let p = p * r + 1.0;
+    let p = p * r + 1.0;
+    let bits = ((n as i32 + 127) as u32) << 23;
+    p * f32::from_bits(bits)
+}
+
+// ---------------------------------------------------------------------------------------
+// RMS norm
+
+/// Forward: `y[i] = x[i] · r[i] · g`, `r[i] = 1/sqrt(mean(x[i]²) + eps)` for each row of
+/// width `c`; `r` is saved for the backward pass.
+pub fn rmsnorm_fwd(x: &[f32], g: &[f32], y: &mut [f32], r: &mut [f32]) {
+    let c = g.len();
+    y.par_chunks_mut(c * 64)
+        .zip(x.par_chunks(c * 64))
+        .zip(r.par_chunks_mut(64))
+        .for_each(|((y, x), r)| {
+            for ((y, x), r) in y
+                .chunks_exact_mut(c)
+                .zip(x.chunks_exact(c))
+                .zip(r.iter_mut())
+            {
+                let ms = x.iter().map(|v| v * v).sum::<f32>() / c as f32;
+                *r = 1.0 / (ms + NORM_EPS as f32).sqrt();
+                for ((y, x), g) in y.iter_mut().zip(x).zip(g) {
+                    *y = x * *r * g;
+                }
+            }
+        });
+}
+
+/// Backward of [`rmsnorm_fwd`]: adds into `dx` and `dg`.
+pub fn rmsnorm_bwd(x: &[f32], g: &[f32], r: &[f32], dy: &[f32], dx: &mut [f32], dg: &mut [f32]) {
+    let c = g.len();
+    let rows = r.len();
+    // dg: per-chunk partial sums, then reduced.
+    let partial: Vec<Vec<f32>> = (0..rows)
+        .collect::<Vec<_>>()
+        .par_chunks(64)
+        .map(|chunk| {
+            let mut acc = vec![0f32; c];
+            for &i in chunk {
+                let (xr, dyr) = (&x[i * c..(i + 1) * c], &dy[i * c..(i + 1) * c]);
+                for ((a, x), d) in acc.iter_mut().zip(xr).zip(dyr) {
+                    *a += d * x * r[i];
+                }
+            }
+            acc
+        })
+        .collect();
+    for p in partial {
+        for (a, b) in dg.iter_mut().zip(p) {
+            *a += b;
+        }
+    }
+    dx.par_chunks_mut(c).enumerate().for_each(|(i, dxr)| {
+        let (xr, dyr) = (&x[i * c..(i + 1) * c], &dy[i * c..(i + 1) * c]);
+        let ri = r[i];
+        let dot: f32 = xr.iter().zip(dyr).zip(g).map(|((x, d), g)| x * d * g).sum();
+        let k = ri * ri * ri * dot / c as f32;
+        for (((dx, x), d), g) in dxr.iter_mut().zip(xr).zip(dyr).zip(g) {
+            *dx += ri * g * d - k * x;
+        }
+    });
+}
+
+/// Fused RMS norm on dfdx's tape: `x / sqrt(mean_C(x²) + eps) · g`.
+pub fn rmsnorm<T: Tape<f32, Cpu>>(x: Act<f32, Cpu, T>, g: &Param<f32, Cpu>) -> Act<f32, Cpu, T> {
+    let shape = *x.shape();
+    let (x, mut tape) = x.split_tape();
+    let dev = x.device().clone();
+    let xv = x.as_vec();
+    let gv = g.as_vec();
+    let rows = shape.0 * shape.1;
+    let mut y = vec![0f32; xv.len()];
+    let mut r = vec![0f32; rows];
+    rmsnorm_fwd(&xv, &gv, &mut y, &mut r);
+    let out = dev.tensor_from_vec(y, shape);
+    if T::OWNS_TAPE {
+        let (out_g, x_g, g_g) = (out.clone(), x.clone(), g.clone());
+        tape.add_backward_op(move |grads| {
+            let dy = grads.get_or_alloc_mut(&out_g)?.to_vec();
+            let mut dg = vec![0f32; gv.len()];
+            {
+                let dx = grads.get_or_alloc_mut(&x_g)?;
+                rmsnorm_bwd(&xv, &gv, &r, &dy, dx, &mut dg);
+            }
+            for (a, b) in grads.get_or_alloc_mut(&g_g)?.iter_mut().zip(&dg) {
+                *a += b;
+            }
+            Ok(())
+        });
+    }
+    out.put_tape(tape)
+}
+
+// ---------------------------------------------------------------------------------------
+// quick_gelu
+
+/// `y = x · σ(1.702 x)`.
+pub fn quick_gelu_fwd(x: &[f32], y: &mut [f32]) {
+    y.par_chunks_mut(4096)
+        .zip(x.par_chunks(4096))
+        .for_each(|(y, x)| {
+            for (y, &x) in y.iter_mut().zip(x) {
+                let s = 1.0 / (1.0 + fast_exp(-(QUICK_GELU as f32) * x));
+                *y = x * s;
+            }
+        });
+}
+
+/// Backward of [`quick_gelu_fwd`]: `dx += dy · (s + 1.702 x s (1 - s))`.
+pub fn quick_gelu_bwd(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    let a = QUICK_GELU as f32;
+    dx.par_chunks_mut(4096)
+        .zip(x.par_chunks(4096).zip(dy.par_chunks(4096)))
+        .for_each(|(dx, (x, dy))| {
+            for ((dx, &x), &d) in dx.iter_mut().zip(x).zip(dy) {
+                let s = 1.0 / (1.0 + fast_exp(-a * x));
+                *dx += d * (s + a * x * s * (1.0 - s));
+            }
+        });
+}
+
+/// Fused quick_gelu on dfdx's tape.
+pub fn quick_gelu<T: Tape<f32, Cpu>>(x: Act<f32, Cpu, T>) -> Act<f32, Cpu, T> {
+    let shape = *x.shape();
+    let (x, mut tape) = x.split_tape();
+    let xv = x.as_vec();
+    let mut y = vec![0f32; xv.len()];
+    quick_gelu_fwd(&xv, &mut y);
+    let out = x.device().tensor_from_vec(y, shape);
+    if T::OWNS_TAPE {
+        let (out_g, x_g) = (out.clone(), x.clone());
+        tape.add_backward_op(move |grads| {
+            let dy = grads.get_or_alloc_mut(&out_g)?.to_vec();
+            quick_gelu_bwd(&xv, &dy, grads.get_or_alloc_mut(&x_g)?);
+            Ok(())
+        });
+    }
+    out.put_tape(tape)
+}
+
+// ---------------------------------------------------------------------------------------
+// Attention
+
+/// Sizes of one attention call.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnShape {
+    /// Batch.
+    pub b: usize,
+    /// Positions.
+    pub t: usize,
+    /// Heads.
+    pub h: usize,
+    /// Head width.
+    pub hd: usize,
+    /// Causal mask (AR) or none (BERT).
+    pub causal: bool,
+}
+
+impl AttnShape {
+    fn c(&self) -> usize {
+        self.h * self.hd
+    }
+}
+
+/// Forward: `o = softmax(q kᵀ / √hd [+ mask]) v` per (batch, head) on `(B, T, C)` inputs
+/// whose head `j` owns columns `j·hd..(j+1)·hd`. Writes `o (B, T, C)` and the
+/// probabilities `p (B, H, T, T)` (zero where masked) for the backward pass.
+pub fn attention_fwd(s: AttnShape, q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], p: &mut [f32]) {
+    let (t, c, hd) = (s.t, s.c(), s.hd);
+    let scale = 1.0 / (hd as f32).sqrt();
+    // Each (b, h) writes its own block of p; o's columns of head h in batch b.
+    let o_ptr = SendPtr::of(o);
+    p.par_chunks_mut(t * t).enumerate().for_each(|(bh, pb)| {
+        let (b, h) = (bh / s.h, bh % s.h);
+        let base = b * t * c + h * hd;
+        // scores = q_bh · k_bhᵀ · scale
+        gemm(
+            t,
+            t,
+            hd,
+            pb,
+            (t, 1),
+            false,
+            &q[base..],
+            (c, 1),
+            &k[base..],
+            (1, c),
+            scale,
+        );
+        for i in 0..t {
+            let row = &mut pb[i * t..(i + 1) * t];
+            let valid = if s.causal { i + 1 } else { t };
+            let max = row[..valid]
+                .iter()
+                .copied()
+                .fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0;
+            for x in row[..valid].iter_mut() {
+                *x = fast_exp(*x - max);
+                sum += *x;
+            }
+            let inv = 1.0 / sum;
+            for x in row[..valid].iter_mut() {
+                *x *= inv;
+            }
+            for x in row[valid..].iter_mut() {
+                *x = 0.0;
+            }
+        }
+        // o_bh = p_bh · v_bh
+        // Safety: each (b, h) task writes only its own block of o (rows of batch b,
+        // columns of head h).
+        unsafe {
+            o_ptr.gemm_at(
+                base,
+                t,
+                hd,
+                t,
+                (c, 1),
+                false,
+                pb,
+                (t, 1),
+                &v[base..],
+                (c, 1),
+            )
+        };
+    });
+}
+
+/// Backward of [`attention_fwd`]: adds into `dq`, `dk`, `dv`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bwd(
+    s: AttnShape,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    p: &[f32],
+    dout: &[f32],
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+) {
+    let (t, c, hd) = (s.t, s.c(), s.hd);
+    let scale = 1.0 / (hd as f32).sqrt();
+    let (dq, dk, dv) = (SendPtr::of(dq), SendPtr::of(dk), SendPtr::of(dv));
+    (0..s.b * s.h).into_par_iter().for_each(|bh| {
+        let (b, h) = (bh / s.h, bh % s.h);
+        let base = b * t * c + h * hd;
+        let pb = &p[bh * t * t..(bh + 1) * t * t];
+        // dv_bh += p_bhᵀ · dout_bh
+        // Safety (here and below): each (b, h) task touches only its own column block of
+        // dq, dk and dv.
+        unsafe {
+            dv.gemm_at(
+                base,
+                t,
+                hd,
+                t,
+                (c, 1),
+                true,
+                pb,
+                (1, t),
+                &dout[base..],
+                (c, 1),
+            )
+        };
+        // dp = dout_bh · v_bhᵀ
+        let mut ds = vec![0f32; t * t];
+        gemm(
+            t,
+            t,
+            hd,
+            &mut ds,
+            (t, 1),
+            false,
+            &dout[base..],
+            (c, 1),
+            &v[base..],
+            (1, c),
+            1.0,
+        );
+        // ds = p ⊙ (dp - Σ_u dp·p), then the 1/√hd of the scores.
+        for i in 0..t {
+            let valid = if s.causal { i + 1 } else { t };
+            let (prow, drow) = (&pb[i * t..i * t + valid], &mut ds[i * t..i * t + valid]);
+            let dot: f32 = prow.iter().zip(drow.iter()).map(|(a, b)| a * b).sum();
+            for (d, p) in drow.iter_mut().zip(prow) {
+                *d = p * (*d - dot) * scale;
+            }
+            for d in ds[i * t + valid..(i + 1) * t].iter_mut() {
+                *d = 0.0;
+            }
+        }
+        // dq_bh += ds · k_bh ; dk_bh += dsᵀ · q_bh
+        unsafe {
+            dq.gemm_at(
+                base,
+                t,
+                hd,
+                t,
+                (c, 1),
+                true,
+                &ds,
+                (t, 1),
+                &k[base..],
+                (c, 1),
+            )
+        };
+        unsafe {
+            dk.gemm_at(
+                base,
+                t,
+                hd,
+                t,
+                (c, 1),
+                true,
+                &ds,
+                (1, t),
+                &q[base..],
+                (c, 1),
+            )
+        };
+    });
+}
+
+/// A raw pointer that may cross threads; users guarantee disjoint writes.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32, usize);
+// Safety: only used to hand disjoint sub-blocks of one buffer to rayon workers.
+unsafe impl Send for SendPtr {}
+// Safety: as above; the pointer itself is never dereferenced concurrently on one element.
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn of(buf: &mut [f32]) -> SendPtr {
+        SendPtr(buf.as_mut_ptr(), buf.len())
+    }
+
+    /// [`gemm`] into the view at `offset` of the buffer this points to; the view is
+    /// bounds-checked against the whole buffer.
+    ///
+    /// # Safety
+    /// No other thread may touch this view during the call (callers give each rayon
+    /// task its own (batch, head) column block).
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm_at(
+        &self,
+        offset: usize,
+        m: usize,
+        n: usize,
+        k: usize,
+        dst_st: (usize, usize),
+        accumulate: bool,
+        lhs: &[f32],
+        lhs_st: (usize, usize),
+        rhs: &[f32],
+        rhs_st: (usize, usize),
+    ) {
+        if m == 0 || n == 0 {
+            return;
+        }
+        assert!(
+            offset + span(m, n, dst_st.0, dst_st.1) <= self.1,
+            "gemm: dst view out of bounds"
+        );
+        // Safety: in bounds (checked) and exclusive (caller's contract).
+        unsafe {
+            gemm_raw(
+                m,
+                n,
+                k,
+                self.0.add(offset),
+                dst_st,
+                accumulate,
+                lhs,
+                lhs_st,
+                rhs,
+                rhs_st,
+                1.0,
+            )
+        }
+    }
+}
+
+/// Fused multi-head attention on dfdx's tape: q, k, v `(B, T, C)` in, the concatenated
+/// head outputs `(B, T, C)` out (before the output projection).
+pub fn attention<T: Tape<f32, Cpu>>(
+    q: Act<f32, Cpu, T>,
+    k: Act<f32, Cpu, T>,
+    v: Act<f32, Cpu, T>,
+    heads: usize,
+    causal: bool,
+) -> Act<f32, Cpu, T> {
+    let shape = *q.shape();
+    let s = AttnShape {
+        b: shape.0,
+        t: shape.1,
+        h: heads,
+        hd: shape.2 / heads,
+        causal,
+    };
+    let (q, qt) = q.split_tape();
+    let (k, kt) = k.split_tape();
+    let (v, vt) = v.split_tape();
+    let mut tape = qt.merge(kt).merge(vt);
+    let (qv, kv, vv) = (q.as_vec(), k.as_vec(), v.as_vec());
+    let mut o = vec![0f32; qv.len()];
+    let mut p = vec![0f32; s.b * s.h * s.t * s.t];
+    attention_fwd(s, &qv, &kv, &vv, &mut o, &mut p);
+    let out = q.device().tensor_from_vec(o, shape);
+    if T::OWNS_TAPE {
+        let (out_g, q_g, k_g, v_g) = (out.clone(), q.clone(), k.clone(), v.clone());
+        tape.add_backward_op(move |grads| {
+            let dout = grads.get_or_alloc_mut(&out_g)?.to_vec();
+            let n = qv.len();
+            let (mut dq, mut dk, mut dv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
+            attention_bwd(s, &qv, &kv, &vv, &p, &dout, &mut dq, &mut dk, &mut dv);
+            for (t, d) in [(&q_g, dq), (&k_g, dk), (&v_g, dv)] {
+                for (a, b) in grads.get_or_alloc_mut(t)?.iter_mut().zip(d) {
+                    *a += b;
+                }
+            }
+            Ok(())
+        });
+    }
+    out.put_tape(tape)
+}
+
+// ---------------------------------------------------------------------------------------
+// Softmax cross-entropy
+
+/// Forward: `Σ_i w[i] · (logsumexp(x[i]) - x[i][target[i]])` over rows of width `v`;
+/// saves each row's logsumexp.
+pub fn cross_entropy_fwd(x: &[f32], v: usize, target: &[usize], w: &[f32], lse: &mut [f32]) -> f64 {
+    lse.par_iter_mut()
+        .enumerate()
+        .map(|(i, l)| {
+            let row = &x[i * v..(i + 1) * v];
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f32 = row.iter().map(|&z| fast_exp(z - max)).sum();
+            *l = max + sum.ln();
+            w[i] as f64 * (*l - row[target[i]]) as f64
+        })
+        .sum()
+}
+
+/// Backward of [`cross_entropy_fwd`]: `dx[i] += dloss · w[i] · (softmax(x[i]) - onehot)`.
+pub fn cross_entropy_bwd(
+    x: &[f32],
+    v: usize,
+    target: &[usize],
+    w: &[f32],
+    lse: &[f32],
+    dloss: f32,
+    dx: &mut [f32],
+) {
+    dx.par_chunks_mut(v).enumerate().for_each(|(i, d)| {
+        let scale = dloss * w[i];
+        if scale == 0.0 {
+            return;
+        }
+        let row = &x[i * v..(i + 1) * v];
+        for (d, &z) in d.iter_mut().zip(row) {
+            *d += scale * fast_exp(z - lse[i]);
+        }
+        d[target[i]] -= scale;
+    });
+}
+
+/// Fused weighted softmax cross-entropy on dfdx's tape: logits `(B, T, V)`, one target
+/// and one weight per position; returns the 0-d loss.
+pub fn cross_entropy<T: Tape<f32, Cpu>>(
+    logits: Act<f32, Cpu, T>,
+    target: &[usize],
+    weight: &[f32],
+) -> Tensor<(), f32, Cpu, T> {
+    let (b, t, v) = *logits.shape();
+    assert_eq!((target.len(), weight.len()), (b * t, b * t));
+    assert!(target.iter().all(|&x| x < v), "target out of range");
+    let (x, mut tape) = logits.split_tape();
+    let xv = x.as_vec();
+    let mut lse = vec![0f32; b * t];
+    let loss = cross_entropy_fwd(&xv, v, target, weight, &mut lse) as f32;
+    let out = x.device().tensor_from_vec(vec![loss], ());
+    if T::OWNS_TAPE {
+        let (out_g, x_g) = (out.clone(), x.clone());
+        let (target, weight) = (target.to_vec(), weight.to_vec());
+        tape.add_backward_op(move |grads| {
+            let dloss = grads.get_or_alloc_mut(&out_g)?[0];
+            cross_entropy_bwd(
+                &xv,
+                v,
+                &target,
+                &weight,
+                &lse,
+                dloss,
+                grads.get_or_alloc_mut(&x_g)?,
+            );
+            Ok(())
+        });
+    }
+    out.put_tape(tape)
+}
+
+// ---------------------------------------------------------------------------------------
+// AdamW
+
+/// One AdamW step on slices: `m`, `v` updated, then
+/// `p ← p·(1 - lr·wd) - lr · m̂ / (√v̂ + eps)` with bias corrections `bc1`, `bc2` and the
+/// gradient scaled by `gscale` (clipping).
+#[allow(clippy::too_many_arguments)]
+pub fn adamw_step(
+    p: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+    (beta1, beta2, eps): (f32, f32, f32),
+    (lr, wd): (f32, f32),
+    (bc1, bc2, gscale): (f32, f32, f32),
+) {
+    let (ib1, ib2) = (1.0 / bc1, 1.0 / bc2);
+    for (((p, &g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
+        let g = g * gscale;
+        *m = *m * beta1 + g * (1.0 - beta1);
+        *v = *v * beta2 + g * g * (1.0 - beta2);
+        let step = (*m * ib1) / ((*v * ib2).sqrt() + eps);
+        *p = *p * (1.0 - lr * wd) - step * lr;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_exp_matches_std() {
+        let mut worst: f32 = 0.0;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (a, b) = (fast_exp(x), x.exp());
+            worst = worst.max(((a - b) / b).abs());
+            x += 0.0137;
+        }
+        assert!(worst < 5e-7, "relative error {worst}");
+        assert_eq!(fast_exp(-1000.0), fast_exp(-87.0));
+        assert!(fast_exp(-87.0) < 2e-38);
+        assert_eq!(fast_exp(0.0), 1.0);
+    }
+
+    #[test]
+    fn gemm_on_strided_views() {
+        // A (2x3) row-major times Bᵀ where B (2x3) is row-major: C = A·Bᵀ (2x2).
+        let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let b = [1.0, 0.0, 1.0, 0.0, 1.0, 0.0];
+        let mut c = [0f32; 4];
+        gemm(2, 2, 3, &mut c, (2, 1), false, &a, (3, 1), &b, (1, 3), 1.0);
+        assert_eq!(c, [4.0, 2.0, 10.0, 5.0]);
+        gemm(2, 2, 3, &mut c, (2, 1), true, &a, (3, 1), &b, (1, 3), 0.5);
+        assert_eq!(c, [6.0, 3.0, 15.0, 7.5]);
+    }
+}

@@ -1,0 +1,221 @@
+//! Every fused CPU kernel against its plain dfdx twin: forward values and gradients of
+//! every input, with the max abs difference printed; then the whole model and AdamW.
+
+use dfdx::prelude::*;
+use igpt::kernels;
+use igpt::model::{self, Gpt, Objective};
+use igpt::train::{self, AdamConfig, AdamW};
+use igpt_core::Config;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+type T3 = Tensor<(usize, usize, usize), f32, Cpu>;
+type Taped = Tensor<(usize, usize, usize), f32, Cpu, OwnedTape<f32, Cpu>>;
+type Op<'a> = &'a dyn Fn(Vec<Taped>) -> Taped;
+
+fn rand_vec(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.gen_range(-scale..scale)).collect()
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+fn close(what: &str, fused: &[f32], reference: &[f32], tol: f32) {
+    let d = max_diff(fused, reference);
+    let scale = reference.iter().fold(0f32, |m, x| m.max(x.abs()));
+    println!("{what}: max abs diff {d:.2e} (values up to {scale:.2e})");
+    assert!(d <= tol * scale.max(1.0), "{what}: {d} > {tol} x {scale}");
+}
+
+/// Runs `op` on fresh leaf copies of `inputs` with an `OwnedTape`, backpropagates
+/// `sum(out ⊙ r)`, and returns the output and the gradient of each input.
+fn run(dev: &Cpu, inputs: &[T3], r: &T3, op: Op) -> (Vec<f32>, Vec<Vec<f32>>) {
+    let _ = dev;
+    let traced: Vec<_> = inputs.iter().map(|x| x.clone().leaky_traced()).collect();
+    let out = op(traced);
+    let out_v = out.retaped::<NoneTape>().as_vec();
+    let grads = (out * r.clone()).sum().backward();
+    (
+        out_v,
+        inputs.iter().map(|x| grads.get(x).as_vec()).collect(),
+    )
+}
+
+#[test]
+fn rmsnorm_matches_reference() {
+    let dev = Cpu::seed_from_u64(0);
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    let (b, t, c) = (3, 7, 24);
+    let x: T3 = dev.tensor_from_vec(rand_vec(&mut rng, b * t * c, 2.0), (b, t, c));
+    let g: Tensor<(usize, usize), f32, Cpu> =
+        dev.tensor_from_vec(rand_vec(&mut rng, c, 1.5), (1, c));
+    let r: T3 = dev.tensor_from_vec(rand_vec(&mut rng, b * t * c, 1.0), (b, t, c));
+    let go = |fused: bool| {
+        let xt = x.clone().leaky_traced();
+        let out = if fused {
+            kernels::rmsnorm(xt, &g)
+        } else {
+            model::rmsnorm(xt, &g)
+        };
+        let ov = out.retaped::<NoneTape>().as_vec();
+        let grads = (out * r.clone()).sum().backward();
+        (ov, grads.get(&x).as_vec(), grads.get(&g).as_vec())
+    };
+    let (fo, fx, fg) = go(true);
+    let (ro, rx, rg) = go(false);
+    close("rmsnorm out", &fo, &ro, 1e-5);
+    close("rmsnorm dx", &fx, &rx, 1e-5);
+    close("rmsnorm dg", &fg, &rg, 1e-5);
+}
+
+#[test]
+fn quick_gelu_matches_reference() {
+    let dev = Cpu::seed_from_u64(0);
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let shape = (2, 5, 40);
+    let n = 2 * 5 * 40;
+    let x: T3 = dev.tensor_from_vec(rand_vec(&mut rng, n, 6.0), shape);
+    let r: T3 = dev.tensor_from_vec(rand_vec(&mut rng, n, 1.0), shape);
+    let (fo, fg) = run(&dev, std::slice::from_ref(&x), &r, &|mut v| {
+        kernels::quick_gelu(v.remove(0))
+    });
+    let (ro, rg) = run(&dev, &[x], &r, &|mut v| model::quick_gelu(v.remove(0)));
+    close("quick_gelu out", &fo, &ro, 1e-6);
+    close("quick_gelu dx", &fg[0], &rg[0], 1e-6);
+}
+
+#[test]
+fn attention_matches_reference() {
+    let dev = Cpu::seed_from_u64(0);
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for causal in [true, false] {
+        let (b, t, h, hd) = (2, 9, 3, 4);
+        let c = h * hd;
+        let mk = |rng: &mut ChaCha8Rng| -> T3 {
+            dev.tensor_from_vec(rand_vec(rng, b * t * c, 1.5), (b, t, c))
+        };
+        let (q, k, v, r) = (mk(&mut rng), mk(&mut rng), mk(&mut rng), mk(&mut rng));
+        let ins = [q, k, v];
+        let (fo, fg) = run(&dev, &ins, &r, &|mut x| {
+            let (q, k, v) = (x.remove(0), x.remove(0), x.remove(0));
+            kernels::attention(q, k, v, h, causal)
+        });
+        let (ro, rg) = run(&dev, &ins, &r, &|mut x| {
+            let (q, k, v) = (x.remove(0), x.remove(0), x.remove(0));
+            model::attention(q, k, v, h, causal)
+        });
+        let tag = if causal { "causal" } else { "bidirectional" };
+        close(&format!("attention ({tag}) out"), &fo, &ro, 1e-5);
+        for (i, n) in ["dq", "dk", "dv"].iter().enumerate() {
+            close(&format!("attention ({tag}) {n}"), &fg[i], &rg[i], 1e-5);
+        }
+    }
+}
+
+#[test]
+fn cross_entropy_matches_reference() {
+    let dev = Cpu::seed_from_u64(0);
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let (b, t, v) = (2, 6, 17);
+    let x: T3 = dev.tensor_from_vec(rand_vec(&mut rng, b * t * v, 8.0), (b, t, v));
+    let target: Vec<usize> = (0..b * t).map(|_| rng.gen_range(0..v)).collect();
+    let weight: Vec<f32> = (0..b * t)
+        .map(|i| if i % 3 == 0 { 0.0 } else { 0.1 })
+        .collect();
+    let go = |fused: bool| {
+        let xt = x.clone().leaky_traced();
+        let l = if fused {
+            kernels::cross_entropy(xt, &target, &weight)
+        } else {
+            model::cross_entropy(xt, &target, &weight)
+        };
+        let lv = l.retaped::<NoneTape>().as_vec();
+        let grads = (l * 1.7f32).backward();
+        (lv, grads.get(&x).as_vec())
+    };
+    let (fl, fg) = go(true);
+    let (rl, rg) = go(false);
+    close("cross_entropy loss", &fl, &rl, 1e-6);
+    close("cross_entropy dlogits", &fg, &rg, 1e-6);
+}
+
+/// The whole model: loss and every parameter's gradient, fused against reference; then
+/// one AdamW step from identical parameters and gradients, fused update against the
+/// tensor-op update (with clipping and weight decay active).
+#[test]
+fn model_and_adamw_fused_match_reference() {
+    let config = Config::new(16, 4, 32, 4, 2).unwrap();
+    let dev = Cpu::seed_from_u64(0);
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    for objective in [Objective::Ar, Objective::Bert] {
+        let mut a = Gpt::<f32, Cpu>::init(&dev, config, 9);
+        // A non-zero head, so that every gradient is non-zero.
+        a.lm_head = dev.tensor_from_vec(rand_vec(&mut rng, 16 * 32, 0.1), (16, 32));
+        let mut b = a.clone();
+        b.fused = false;
+        let imgs: Vec<Vec<u16>> = (0..3)
+            .map(|_| (0..16).map(|_| rng.gen_range(0..16)).collect())
+            .collect();
+        let refs: Vec<&[u16]> = imgs.iter().map(|v| v.as_slice()).collect();
+        let batch = train::make_batch(&refs, config.sos(), objective, &mut rng);
+        let la = train::loss::<f32, Cpu, OwnedTape<f32, Cpu>>(&a, &batch);
+        let lb = train::loss::<f32, Cpu, OwnedTape<f32, Cpu>>(&b, &batch);
+        close(
+            &format!("{objective:?} model loss"),
+            &la.retaped::<NoneTape>().as_vec(),
+            &lb.retaped::<NoneTape>().as_vec(),
+            1e-6,
+        );
+        let (ga, gb) = (la.backward(), lb.backward());
+        let mut worst = 0f32;
+        for ((name, pa), (_, pb)) in a.params().into_iter().zip(b.params()) {
+            let (x, y) = (ga.get(pa).as_vec(), gb.get(pb).as_vec());
+            let scale = y.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = max_diff(&x, &y);
+            assert!(scale > 0.0, "{objective:?} {name}: zero gradient");
+            assert!(
+                d <= 1e-4 * scale.max(1e-3),
+                "{objective:?} {name}: grad diff {d} (scale {scale})"
+            );
+            worst = worst.max(d);
+        }
+        println!(
+            "{objective:?}: every parameter gradient, fused vs reference: max abs diff {worst:.2e}"
+        );
+
+        // AdamW: the same parameters and the same gradients into both updates.
+        let cfg = AdamConfig {
+            weight_decay: 0.1,
+            clip: 0.05,
+            ..AdamConfig::default()
+        };
+        let (mut oa, mut ob) = (AdamW::new(&a, cfg), AdamW::new(&b, cfg));
+        let mut g1 = gb.clone();
+        let mut g2 = gb;
+        let na = oa.update(&mut a, &mut g1, 1e-2);
+        let nb = ob.update(&mut b, &mut g2, 1e-2);
+        assert!((na - nb).abs() <= 1e-6 * nb, "grad norms {na} vs {nb}");
+        assert!(nb > cfg.clip, "clipping is exercised");
+        let mut worst = 0f32;
+        for ((name, pa), (_, pb)) in a.params().into_iter().zip(b.params()) {
+            let d = max_diff(&pa.as_vec(), &pb.as_vec());
+            assert!(
+                d < 1e-6,
+                "{objective:?} {name}: parameters after AdamW differ by {d}"
+            );
+            worst = worst.max(d);
+        }
+        let mut worst_m = 0f32;
+        for i in 0..oa.m.len() {
+            worst_m = worst_m.max(max_diff(&oa.m[i].as_vec(), &ob.m[i].as_vec()));
+            worst_m = worst_m.max(max_diff(&oa.v[i].as_vec(), &ob.v[i].as_vec()));
+        }
+        assert!(worst_m < 1e-7);
+        println!("{objective:?}: AdamW fused vs reference: parameters max abs diff {worst:.2e}, moments {worst_m:.2e}");
+    }
+}
