@@ -25,8 +25,8 @@ fn span(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
     (rows - 1) * rs + (cols - 1) * cs + 1
 }
 
-/// `dst (m×n) = [dst +] scale · lhs (m×k) · rhs (k×n)` on strided views of slices.
-/// Panics if a view reaches outside its slice (an internal shape bug).
+/// `dst (m×n) = [dst +] scale · lhs (m×k) · rhs (k×n)` on strided views of slices, on
+/// the calling thread. Panics if a view reaches outside its slice (an internal shape bug).
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(
     m: usize,
@@ -63,6 +63,47 @@ pub fn gemm(
             rhs,
             rhs_st,
             scale,
+            false,
+        )
+    }
+}
+
+/// [`gemm`] using rayon's threads inside the product (for the large projections).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_par(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_st: (usize, usize),
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_st: (usize, usize),
+    rhs: &[f32],
+    rhs_st: (usize, usize),
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        span(m, n, dst_st.0, dst_st.1) <= dst.len(),
+        "gemm: dst view out of bounds"
+    );
+    // Safety: as in `gemm`.
+    unsafe {
+        gemm_raw(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_st,
+            accumulate,
+            lhs,
+            lhs_st,
+            rhs,
+            rhs_st,
+            1.0,
+            true,
         )
     }
 }
@@ -85,6 +126,7 @@ unsafe fn gemm_raw(
     rhs: &[f32],
     (rhs_rs, rhs_cs): (usize, usize),
     scale: f32,
+    parallel: bool,
 ) {
     if m == 0 || n == 0 {
         return;
@@ -130,21 +172,25 @@ unsafe fn gemm_raw(
             false,
             false,
             false,
-            gemm_crate::Parallelism::None,
+            match rayon::current_num_threads() {
+                n if parallel && n > 1 => gemm_crate::Parallelism::Rayon(n),
+                _ => gemm_crate::Parallelism::None,
+            },
         )
     }
 }
 
-/// `exp(x)` to within ~2 ulp for x in [-87, 88], written so that loops over it
-/// vectorise (no branches, no calls); 0 below -87, and large inputs saturate at
-/// `exp(88)`.
+/// `exp(x)` to within ~2 ulp for x in [-87, 88], written so that loops over it vectorise
+/// with baseline SSE2 (no branches, no calls: rounding by the 1.5·2²³ trick, no
+/// `mul_add`); inputs are clamped to [-87, 88].
 #[inline(always)]
 pub fn fast_exp(x: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23
     let x = x.clamp(-87.0, 88.0);
     // exp(x) = 2^n · exp(r), n = round(x / ln 2), r = x - n·ln 2 in [-ln2/2, ln2/2].
-    let n = (x * std::f32::consts::LOG2_E).round();
-    let r = n.mul_add(-0.693_145_75, x);
-    let r = n.mul_add(-1.428_606_8e-6, r);
+    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let r = x - n * 0.693_145_75;
+    let r = r - n * 1.428_606_8e-6;
     // Degree-6 Taylor polynomial of exp on the reduced range (error < 3e-8 relative).
     let p = 1.0 / 720.0;
     let p = p * r + 1.0 / 120.0;
@@ -155,6 +201,69 @@ pub fn fast_exp(x: f32) -> f32 {
     let p = p * r + 1.0;
     let bits = ((n as i32 + 127) as u32) << 23;
     p * f32::from_bits(bits)
+}
+
+// ---------------------------------------------------------------------------------------
+// Linear layers
+
+/// Fused linear layer on dfdx's tape: `x (B, T, I) · W` with `W` stored `(I, O)`, or with
+/// `transposed` stored `(O, I)` (`x · Wᵀ`, the head's layout). Forward and both backward
+/// products go through `gemm` directly.
+pub fn linear<T: Tape<f32, Cpu>>(
+    x: Act<f32, Cpu, T>,
+    w: &Param<f32, Cpu>,
+    transposed: bool,
+) -> Act<f32, Cpu, T> {
+    let (b, t, i) = *x.shape();
+    let (wr, wc) = *w.shape();
+    let o = if transposed { wr } else { wc };
+    assert_eq!(
+        if transposed { wc } else { wr },
+        i,
+        "linear: width mismatch"
+    );
+    let rows = b * t;
+    // Strides of W viewed as (I, O).
+    let w_st = if transposed { (1, wc) } else { (wc, 1) };
+    let (x, mut tape) = x.split_tape();
+    let (xv, wv) = (x.as_vec(), w.as_vec());
+    let mut y = vec![0f32; rows * o];
+    gemm_par(rows, o, i, &mut y, (o, 1), false, &xv, (i, 1), &wv, w_st);
+    let out = x.device().tensor_from_vec(y, (b, t, o));
+    if T::OWNS_TAPE {
+        let (out_g, x_g, w_g) = (out.clone(), x.clone(), w.clone());
+        tape.add_backward_op(move |grads| {
+            let dy = grads.get_or_alloc_mut(&out_g)?.to_vec();
+            // dx (rows×I) += dy (rows×O) · Wᵀ (O×I)
+            gemm_par(
+                rows,
+                i,
+                o,
+                grads.get_or_alloc_mut(&x_g)?,
+                (i, 1),
+                true,
+                &dy,
+                (o, 1),
+                &wv,
+                (w_st.1, w_st.0),
+            );
+            // dW (I×O) += xᵀ (I×rows) · dy (rows×O), written in W's own layout.
+            gemm_par(
+                i,
+                o,
+                rows,
+                grads.get_or_alloc_mut(&w_g)?,
+                w_st,
+                true,
+                &xv,
+                (1, i),
+                &dy,
+                (o, 1),
+            );
+            Ok(())
+        });
+    }
+    out.put_tape(tape)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -532,6 +641,7 @@ impl SendPtr {
                 rhs,
                 rhs_st,
                 1.0,
+                false,
             )
         }
     }

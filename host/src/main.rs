@@ -241,6 +241,7 @@ struct DataArgs {
 }
 
 fn main() {
+    igpt::io::keep_freed_memory();
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
         // One line: the context chain joined with ": ".

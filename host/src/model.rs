@@ -322,15 +322,15 @@ impl<E: Float, D: Kernels<E>> Gpt<E, D> {
                     .probe
                     .push(a.retaped::<NoneTape>().mean::<_, Axis<1>>());
             }
-            let q = a.retaped::<T>().matmul(blk.q.clone());
-            let k = a.retaped::<T>().matmul(blk.k.clone());
-            let v = a.matmul(blk.v.clone());
+            let q = D::linear(a.retaped::<T>(), &blk.q, false, f);
+            let k = D::linear(a.retaped::<T>(), &blk.k, false, f);
+            let v = D::linear(a, &blk.v, false, f);
             let att = D::attention(q, k, v, c.heads, causal, f);
-            x = residual + att.matmul(blk.c_proj.clone());
+            x = residual + D::linear(att, &blk.c_proj, false, f);
             // MLP: x = x + quick_gelu(rmsnorm(x) · c_fc) · mlp_proj
             let residual = x.retaped::<T>();
-            let m = D::rmsnorm(x, &blk.ln_2, f).matmul(blk.c_fc.clone());
-            x = residual + D::quick_gelu(m, f).matmul(blk.mlp_proj.clone());
+            let m = D::linear(D::rmsnorm(x, &blk.ln_2, f), &blk.c_fc, false, f);
+            x = residual + D::linear(D::quick_gelu(m, f), &blk.mlp_proj, false, f);
         }
         let z = D::rmsnorm(x, &self.ln_f, f);
         if capture.hidden {
@@ -346,7 +346,7 @@ impl<E: Float, D: Kernels<E>> Gpt<E, D> {
 
     /// Next-token logits `(B, T, V)` from the final hidden state: `z · lm_headᵀ`.
     pub fn logits<T: Tape<E, D>>(&self, z: Act<E, D, T>) -> Act<E, D, T> {
-        z.matmul(self.lm_head.clone().permute::<_, Axes2<1, 0>>())
+        D::linear(z, &self.lm_head, true, self.fused)
     }
 }
 
@@ -410,6 +410,16 @@ pub trait Kernels<E: Float>: Device<E> {
         let _ = fused;
         rmsnorm(x, g)
     }
+    /// `x · W` (`W` stored `[in, out]`), or `x · Wᵀ` when `transposed` (`[out, in]`).
+    fn linear<T: Tape<E, Self>>(
+        x: Act<E, Self, T>,
+        w: &Param<E, Self>,
+        transposed: bool,
+        fused: bool,
+    ) -> Act<E, Self, T> {
+        let _ = fused;
+        linear(x, w, transposed)
+    }
     /// quick_gelu.
     fn quick_gelu<T: Tape<E, Self>>(x: Act<E, Self, T>, fused: bool) -> Act<E, Self, T> {
         let _ = fused;
@@ -464,6 +474,19 @@ pub fn cross_entropy<E: Float, D: Device<E>, T: Tape<E, D>>(
         .negate()
 }
 
+/// The reference linear layer: dfdx's matmul.
+pub fn linear<E: Float, D: Device<E>, T: Tape<E, D>>(
+    x: Act<E, D, T>,
+    w: &Param<E, D>,
+    transposed: bool,
+) -> Act<E, D, T> {
+    if transposed {
+        x.matmul(w.clone().permute::<_, Axes2<1, 0>>())
+    } else {
+        x.matmul(w.clone())
+    }
+}
+
 impl Kernels<f64> for Cpu {}
 
 impl Kernels<f32> for Cpu {
@@ -476,6 +499,18 @@ impl Kernels<f32> for Cpu {
             crate::kernels::rmsnorm(x, g)
         } else {
             rmsnorm(x, g)
+        }
+    }
+    fn linear<T: Tape<f32, Self>>(
+        x: Act<f32, Self, T>,
+        w: &Param<f32, Self>,
+        transposed: bool,
+        fused: bool,
+    ) -> Act<f32, Self, T> {
+        if fused {
+            crate::kernels::linear(x, w, transposed)
+        } else {
+            linear(x, w, transposed)
         }
     }
     fn quick_gelu<T: Tape<f32, Self>>(x: Act<f32, Self, T>, fused: bool) -> Act<f32, Self, T> {

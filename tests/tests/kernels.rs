@@ -74,6 +74,37 @@ fn rmsnorm_matches_reference() {
 }
 
 #[test]
+fn linear_matches_reference() {
+    let dev = Cpu::seed_from_u64(0);
+    let mut rng = ChaCha8Rng::seed_from_u64(6);
+    let (b, t, i, o) = (2, 5, 12, 20);
+    let x: T3 = dev.tensor_from_vec(rand_vec(&mut rng, b * t * i, 1.0), (b, t, i));
+    let r: T3 = dev.tensor_from_vec(rand_vec(&mut rng, b * t * o, 1.0), (b, t, o));
+    for transposed in [false, true] {
+        let shape = if transposed { (o, i) } else { (i, o) };
+        let w: Tensor<(usize, usize), f32, Cpu> =
+            dev.tensor_from_vec(rand_vec(&mut rng, i * o, 1.0), shape);
+        let go = |fused: bool| {
+            let xt = x.clone().leaky_traced();
+            let out = if fused {
+                kernels::linear(xt, &w, transposed)
+            } else {
+                model::linear(xt, &w, transposed)
+            };
+            let ov = out.retaped::<NoneTape>().as_vec();
+            let grads = (out * r.clone()).sum().backward();
+            (ov, grads.get(&x).as_vec(), grads.get(&w).as_vec())
+        };
+        let (fo, fx, fw) = go(true);
+        let (ro, rx, rw) = go(false);
+        let tag = if transposed { "x·Wᵀ" } else { "x·W" };
+        close(&format!("linear {tag} out"), &fo, &ro, 1e-5);
+        close(&format!("linear {tag} dx"), &fx, &rx, 1e-5);
+        close(&format!("linear {tag} dW"), &fw, &rw, 1e-5);
+    }
+}
+
+#[test]
 fn quick_gelu_matches_reference() {
     let dev = Cpu::seed_from_u64(0);
     let mut rng = ChaCha8Rng::seed_from_u64(2);
