@@ -427,68 +427,85 @@ impl AttnShape {
     }
 }
 
+/// Rows per block of the causal attention loops: row block `[r0, r1)` only needs key
+/// columns `[0, r1)`, so about half of the masked products are never computed.
+const ROW_BLOCK: usize = 64;
+
+/// The row blocks `(r0, r1, cols)` of one (batch, head): `cols` key columns are used.
+fn row_blocks(s: &AttnShape) -> impl Iterator<Item = (usize, usize, usize)> {
+    let (t, causal) = (s.t, s.causal);
+    let step = if causal { ROW_BLOCK } else { t.max(1) };
+    (0..t).step_by(step).map(move |r0| {
+        let r1 = (r0 + step).min(t);
+        (r0, r1, if causal { r1 } else { t })
+    })
+}
+
 /// Forward: `o = softmax(q kᵀ / √hd [+ mask]) v` per (batch, head) on `(B, T, C)` inputs
 /// whose head `j` owns columns `j·hd..(j+1)·hd`. Writes `o (B, T, C)` and the
-/// probabilities `p (B, H, T, T)` (zero where masked) for the backward pass.
+/// probabilities `p (B, H, T, T)` (zero where masked; with the causal mask, entries
+/// right of each row block's diagonal block are left untouched) for the backward pass.
 pub fn attention_fwd(s: AttnShape, q: &[f32], k: &[f32], v: &[f32], o: &mut [f32], p: &mut [f32]) {
     let (t, c, hd) = (s.t, s.c(), s.hd);
     let scale = 1.0 / (hd as f32).sqrt();
-    // Each (b, h) writes its own block of p; o's columns of head h in batch b.
+    // Each (b, h) writes its own block of p and its own columns of o.
     let o_ptr = SendPtr::of(o);
     p.par_chunks_mut(t * t).enumerate().for_each(|(bh, pb)| {
         let (b, h) = (bh / s.h, bh % s.h);
         let base = b * t * c + h * hd;
-        // scores = q_bh · k_bhᵀ · scale
-        gemm(
-            t,
-            t,
-            hd,
-            pb,
-            (t, 1),
-            false,
-            &q[base..],
-            (c, 1),
-            &k[base..],
-            (1, c),
-            scale,
-        );
-        for i in 0..t {
-            let row = &mut pb[i * t..(i + 1) * t];
-            let valid = if s.causal { i + 1 } else { t };
-            let max = row[..valid]
-                .iter()
-                .copied()
-                .fold(f32::NEG_INFINITY, f32::max);
-            let mut sum = 0.0;
-            for x in row[..valid].iter_mut() {
-                *x = fast_exp(*x - max);
-                sum += *x;
-            }
-            let inv = 1.0 / sum;
-            for x in row[..valid].iter_mut() {
-                *x *= inv;
-            }
-            for x in row[valid..].iter_mut() {
-                *x = 0.0;
-            }
-        }
-        // o_bh = p_bh · v_bh
-        // Safety: each (b, h) task writes only its own block of o (rows of batch b,
-        // columns of head h).
-        unsafe {
-            o_ptr.gemm_at(
-                base,
-                t,
+        for (r0, r1, cols) in row_blocks(&s) {
+            let rows = r1 - r0;
+            let qb = &q[base + r0 * c..];
+            // scores[r0..r1, 0..cols] = q · kᵀ · scale
+            gemm(
+                rows,
+                cols,
                 hd,
-                t,
-                (c, 1),
-                false,
-                pb,
+                &mut pb[r0 * t..],
                 (t, 1),
-                &v[base..],
+                false,
+                qb,
                 (c, 1),
-            )
-        };
+                &k[base..],
+                (1, c),
+                scale,
+            );
+            for i in r0..r1 {
+                let row = &mut pb[i * t..i * t + cols];
+                let valid = if s.causal { i + 1 } else { t };
+                let max = row[..valid]
+                    .iter()
+                    .copied()
+                    .fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0.0;
+                for x in row[..valid].iter_mut() {
+                    *x = fast_exp(*x - max);
+                    sum += *x;
+                }
+                let inv = 1.0 / sum;
+                for x in row[..valid].iter_mut() {
+                    *x *= inv;
+                }
+                row[valid..].fill(0.0);
+            }
+            // o[r0..r1] = p[r0..r1, 0..cols] · v[0..cols]
+            // Safety: each (b, h) task writes only its own block of o (rows of batch b,
+            // columns of head h).
+            unsafe {
+                o_ptr.gemm_at(
+                    base + r0 * c,
+                    rows,
+                    hd,
+                    cols,
+                    (c, 1),
+                    false,
+                    &pb[r0 * t..],
+                    (t, 1),
+                    &v[base..],
+                    (c, 1),
+                )
+            };
+        }
     });
 }
 
@@ -512,79 +529,70 @@ pub fn attention_bwd(
         let (b, h) = (bh / s.h, bh % s.h);
         let base = b * t * c + h * hd;
         let pb = &p[bh * t * t..(bh + 1) * t * t];
-        // dv_bh += p_bhᵀ · dout_bh
-        // Safety (here and below): each (b, h) task touches only its own column block of
-        // dq, dk and dv.
-        unsafe {
-            dv.gemm_at(
-                base,
-                t,
-                hd,
-                t,
-                (c, 1),
-                true,
-                pb,
-                (1, t),
-                &dout[base..],
-                (c, 1),
-            )
-        };
-        // dp = dout_bh · v_bhᵀ
         let mut ds = vec![0f32; t * t];
-        gemm(
-            t,
-            t,
-            hd,
-            &mut ds,
-            (t, 1),
-            false,
-            &dout[base..],
-            (c, 1),
-            &v[base..],
-            (1, c),
-            1.0,
-        );
-        // ds = p ⊙ (dp - Σ_u dp·p), then the 1/√hd of the scores.
-        for i in 0..t {
-            let valid = if s.causal { i + 1 } else { t };
-            let (prow, drow) = (&pb[i * t..i * t + valid], &mut ds[i * t..i * t + valid]);
-            let dot: f32 = prow.iter().zip(drow.iter()).map(|(a, b)| a * b).sum();
-            for (d, p) in drow.iter_mut().zip(prow) {
-                *d = p * (*d - dot) * scale;
-            }
-            for d in ds[i * t + valid..(i + 1) * t].iter_mut() {
-                *d = 0.0;
-            }
-        }
-        // dq_bh += ds · k_bh ; dk_bh += dsᵀ · q_bh
-        unsafe {
-            dq.gemm_at(
-                base,
-                t,
+        for (r0, r1, cols) in row_blocks(&s) {
+            let rows = r1 - r0;
+            let (pr, dor) = (&pb[r0 * t..], &dout[base + r0 * c..]);
+            // Safety (all gemm_at calls below): each (b, h) task touches only its own
+            // column block of dq, dk and dv.
+            // dv[0..cols] += p[r0..r1, 0..cols]ᵀ · dout[r0..r1]
+            unsafe { dv.gemm_at(base, cols, hd, rows, (c, 1), true, pr, (1, t), dor, (c, 1)) };
+            // dp[r0..r1, 0..cols] = dout[r0..r1] · v[0..cols]ᵀ
+            let dsr = &mut ds[r0 * t..];
+            gemm(
+                rows,
+                cols,
                 hd,
-                t,
-                (c, 1),
-                true,
-                &ds,
+                dsr,
                 (t, 1),
-                &k[base..],
+                false,
+                dor,
                 (c, 1),
-            )
-        };
-        unsafe {
-            dk.gemm_at(
-                base,
-                t,
-                hd,
-                t,
-                (c, 1),
-                true,
-                &ds,
-                (1, t),
-                &q[base..],
-                (c, 1),
-            )
-        };
+                &v[base..],
+                (1, c),
+                1.0,
+            );
+            // ds = p ⊙ (dp - Σ_u dp·p), times the scores' 1/√hd.
+            for i in 0..rows {
+                let valid = if s.causal { r0 + i + 1 } else { t };
+                let (prow, drow) = (&pr[i * t..i * t + valid], &mut dsr[i * t..i * t + cols]);
+                let dot: f32 = prow.iter().zip(drow.iter()).map(|(a, b)| a * b).sum();
+                for (d, p) in drow[..valid].iter_mut().zip(prow) {
+                    *d = p * (*d - dot) * scale;
+                }
+                drow[valid..].fill(0.0);
+            }
+            let dsr = &ds[r0 * t..];
+            // dq[r0..r1] += ds · k[0..cols] ; dk[0..cols] += dsᵀ · q[r0..r1]
+            unsafe {
+                dq.gemm_at(
+                    base + r0 * c,
+                    rows,
+                    hd,
+                    cols,
+                    (c, 1),
+                    true,
+                    dsr,
+                    (t, 1),
+                    &k[base..],
+                    (c, 1),
+                )
+            };
+            unsafe {
+                dk.gemm_at(
+                    base,
+                    cols,
+                    hd,
+                    rows,
+                    (c, 1),
+                    true,
+                    dsr,
+                    (1, t),
+                    &q[base + r0 * c..],
+                    (c, 1),
+                )
+            };
+        }
     });
 }
 

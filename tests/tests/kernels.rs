@@ -124,8 +124,9 @@ fn quick_gelu_matches_reference() {
 fn attention_matches_reference() {
     let dev = Cpu::seed_from_u64(0);
     let mut rng = ChaCha8Rng::seed_from_u64(3);
-    for causal in [true, false] {
-        let (b, t, h, hd) = (2, 9, 3, 4);
+    // 150 positions: two full row blocks of 64 and a partial one.
+    for (causal, t) in [(true, 9), (false, 9), (true, 150), (false, 150)] {
+        let (b, h, hd) = (2, 3, 4);
         let c = h * hd;
         let mk = |rng: &mut ChaCha8Rng| -> T3 {
             dev.tensor_from_vec(rand_vec(rng, b * t * c, 1.5), (b, t, c))
@@ -140,7 +141,7 @@ fn attention_matches_reference() {
             let (q, k, v) = (x.remove(0), x.remove(0), x.remove(0));
             model::attention(q, k, v, h, causal)
         });
-        let tag = if causal { "causal" } else { "bidirectional" };
+        let tag = format!("{}, T {t}", if causal { "causal" } else { "bidirectional" });
         close(&format!("attention ({tag}) out"), &fo, &ro, 1e-5);
         for (i, n) in ["dq", "dk", "dv"].iter().enumerate() {
             close(&format!("attention ({tag}) {n}"), &fg[i], &rg[i], 1e-5);
