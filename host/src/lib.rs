@@ -17,5 +17,6 @@ pub mod model_args;
 pub mod palette;
 pub mod plot;
 pub mod pretrain;
+pub mod probe;
 pub mod progress;
 pub mod train;

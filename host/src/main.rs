@@ -35,9 +35,48 @@ enum Cmd {
     ImportHf(ImportHfArgs),
     /// Generative pretraining (AR next-pixel or BERT masked-pixel) with checkpoints.
     Pretrain(PretrainArgs),
+    /// Linear probes on every layer's average-pooled features (or on raw pixels).
+    Probe(ProbeArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+#[derive(clap::Args)]
+struct ProbeArgs {
+    /// Checkpoint (from pretrain or import-hf with a palette).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Dataset: the train split fits the probe, the test split measures it.
+    #[arg(long)]
+    data: PathBuf,
+    /// Layers to probe: `all` or numbers (0..=L; L is the final norm).
+    #[arg(long, default_value = "all", num_args = 1..)]
+    layers: Vec<String>,
+    /// Fit on only N training images per class (low-data probe).
+    #[arg(long)]
+    labels_per_class: Option<usize>,
+    /// Probe the raw pixels at the model's resolution (the baseline), same code path.
+    #[arg(long)]
+    raw_pixels: bool,
+    /// Use only the first N training images (0: all).
+    #[arg(long, default_value_t = 0)]
+    train_images: usize,
+    /// Use only the first N test images (0: all).
+    #[arg(long, default_value_t = 0)]
+    test_images: usize,
+    /// L2 strengths to choose from on a 10% validation split.
+    #[arg(long, value_delimiter = ',', default_value = "0.1,0.01,0.001,0.0001")]
+    l2: Vec<f64>,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 64)]
+    batch: usize,
+    /// Output folder: probe.json, probe-head.json, probe.png.
+    #[arg(long)]
+    out: PathBuf,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(Subcommand)]
@@ -313,6 +352,55 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Pretrain(a) => pretrain_cmd(a),
+        Cmd::Probe(a) => {
+            set_threads(a.threads)?;
+            let layers = if a.layers.iter().any(|l| l == "all") {
+                None
+            } else {
+                Some(
+                    a.layers
+                        .iter()
+                        .map(|l| {
+                            l.parse::<usize>()
+                                .with_context(|| format!("--layers {l}: not a layer number"))
+                        })
+                        .collect::<Result<Vec<_>>>()?,
+                )
+            };
+            ensure!(
+                !a.l2.is_empty() && a.l2.iter().all(|v| *v >= 0.0),
+                "--l2 needs non-negative values"
+            );
+            let run = igpt::probe::ProbeRun {
+                checkpoint: a.checkpoint,
+                data: a.data,
+                layers,
+                labels_per_class: a.labels_per_class,
+                raw_pixels: a.raw_pixels,
+                limit: (a.train_images, a.test_images),
+                out: a.out.clone(),
+                batch: a.batch.max(1),
+                cfg: igpt::probe::ProbeConfig {
+                    l2_grid: a.l2,
+                    ..Default::default()
+                },
+            };
+            let results = igpt::probe::run(&run, true)?;
+            for (l, r) in &results {
+                let name = if *l == usize::MAX {
+                    "raw pixels".to_string()
+                } else {
+                    format!("layer {l}")
+                };
+                println!(
+                    "{name}: test accuracy {:.2}% (L2 {:e})",
+                    100.0 * r.test_accuracy,
+                    r.l2
+                );
+            }
+            println!("results: {}", a.out.join("probe.json").display());
+            Ok(())
+        }
         Cmd::Bench(BenchCmd::Train(a)) => {
             set_threads(a.threads)?;
             let mut model = a.model.clone();
