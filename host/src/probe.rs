@@ -497,13 +497,21 @@ pub struct ProbeRun {
     pub cfg: ProbeConfig,
 }
 
+/// A split's tokens, raw pixels (scaled to [0, 1]), labels and class names.
+struct Labelled {
+    tokens: Vec<Vec<u16>>,
+    pixels: Vec<Vec<f32>>,
+    labels: Vec<u16>,
+    classes: Vec<String>,
+}
+
 fn labelled(
     path: &std::path::Path,
     split: crate::data::Split,
     palette: &igpt_core::Palette,
     side: usize,
     limit: usize,
-) -> anyhow::Result<(Vec<Vec<u16>>, Vec<Vec<f32>>, Vec<u16>, Vec<String>)> {
+) -> anyhow::Result<Labelled> {
     let ds = crate::data::load(path, split, Some(side))?;
     let ds = if limit > 0 { ds.truncate(limit) } else { ds };
     let ds = ds.with_channels(palette.channels())?;
@@ -518,7 +526,12 @@ fn labelled(
     let pixels = (0..ds.len())
         .map(|i| ds.image(i).iter().map(|&p| p as f32 / 255.0).collect())
         .collect();
-    Ok((tokens, pixels, ds.labels.clone(), ds.classes.clone()))
+    Ok(Labelled {
+        tokens,
+        pixels,
+        labels: ds.labels.clone(),
+        classes: ds.classes.clone(),
+    })
 }
 
 /// Runs a probe: per-layer (or raw-pixel) test accuracy, written to `run.out` as JSON,
@@ -534,15 +547,24 @@ pub fn run(r: &ProbeRun, show_progress: bool) -> anyhow::Result<Vec<(usize, Laye
         .clone()
         .with_context(|| format!("{}: the checkpoint has no palette", r.checkpoint.display()))?;
     let side = ck.config.side;
-    let (mut tr_tok, mut tr_px, mut tr_y, classes) = labelled(
+    let Labelled {
+        tokens: mut tr_tok,
+        pixels: mut tr_px,
+        labels: mut tr_y,
+        classes,
+    } = labelled(
         &r.data,
         crate::data::Split::Train,
         &palette,
         side,
         r.limit.0,
     )?;
-    let (te_tok, te_px, te_y, _) =
-        labelled(&r.data, crate::data::Split::Test, &palette, side, r.limit.1)?;
+    let Labelled {
+        tokens: te_tok,
+        pixels: te_px,
+        labels: te_y,
+        ..
+    } = labelled(&r.data, crate::data::Split::Test, &palette, side, r.limit.1)?;
     if let Some(k) = r.labels_per_class {
         ensure!(k > 0, "--labels-per-class must be positive");
         let mut order: Vec<usize> = (0..tr_y.len()).collect();
