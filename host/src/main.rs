@@ -175,6 +175,9 @@ struct BenchTrainArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Run the plain dfdx compositions instead of the fused CPU kernels.
+    #[arg(long)]
+    reference: bool,
 }
 
 #[derive(Subcommand)]
@@ -412,9 +415,10 @@ fn run(cli: Cli) -> Result<()> {
                 model.vocab = model.vocab.or(Some(512));
             }
             let c = model.config(Preset::Test)?;
-            let tps = pretrain::bench_train(c, a.batch, a.steps, true)?;
+            let tps = pretrain::bench_train(c, a.batch, a.steps, !a.reference, true)?;
             println!(
-                "bench train: {} layers, width {}, {} heads, {}x{} ({} tokens), k {}, batch {}, {} steps, {} threads",
+                "bench train{}: {} layers, width {}, {} heads, {}x{} ({} tokens), k {}, batch {}, {} steps, {} threads",
+                if a.reference { " (reference dfdx ops)" } else { "" },
                 c.layers,
                 c.width,
                 c.heads,

@@ -379,14 +379,21 @@ pub fn pretrain(
 
 /// Training throughput on random tokens: `steps` timed forward + backward + AdamW steps
 /// (after one untimed warm-up step) of an AR model of `config`, batch `batch`. Returns
-/// tokens per second.
-pub fn bench_train(config: Config, batch: usize, steps: usize, show_progress: bool) -> Result<f64> {
+/// tokens per second. `fused: false` runs the reference dfdx compositions.
+pub fn bench_train(
+    config: Config,
+    batch: usize,
+    steps: usize,
+    fused: bool,
+    show_progress: bool,
+) -> Result<f64> {
     ensure!(
         batch > 0 && steps > 0,
         "--batch and --steps must be positive"
     );
     let dev = Cpu::seed_from_u64(0);
     let mut gpt = Gpt::<f32, Cpu>::init(&dev, config, 0);
+    gpt.fused = fused;
     let mut opt = AdamW::new(&gpt, AdamConfig::default());
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let n = config.seq_len();
