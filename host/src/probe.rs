@@ -547,6 +547,13 @@ pub fn run(r: &ProbeRun, show_progress: bool) -> anyhow::Result<Vec<(usize, Laye
         .clone()
         .with_context(|| format!("{}: the checkpoint has no palette", r.checkpoint.display()))?;
     let side = ck.config.side;
+    for &l in r.layers.iter().flatten() {
+        ensure!(
+            l <= ck.config.layers,
+            "--layers {l}: the model has layers 0..={}",
+            ck.config.layers
+        );
+    }
     let Labelled {
         tokens: mut tr_tok,
         pixels: mut tr_px,

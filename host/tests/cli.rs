@@ -552,3 +552,123 @@ fn pretrain_resume_from_a_corrupt_checkpoint_is_one_error_line() {
     std::fs::write(&ck, &b[..100]).unwrap();
     fails(&resume, &["checkpoint.safetensors", "bad checkpoint"]);
 }
+
+#[test]
+fn probe_writes_results_head_and_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("cifar");
+    std::fs::create_dir(&data).unwrap();
+    let src = shared().join("data/cifar10-sample/test_batch.bin");
+    std::fs::copy(&src, data.join("data_batch_1.bin")).unwrap();
+    std::fs::copy(&src, data.join("test_batch.bin")).unwrap();
+    let pal = dir.path().join("p.pal");
+    assert!(igpt(&[
+        "palette",
+        "fit",
+        "--data",
+        s(&data),
+        "--k",
+        "8",
+        "--channels",
+        "1",
+        "--side",
+        "6",
+        "--out",
+        s(&pal)
+    ])
+    .status
+    .success());
+    let run = dir.path().join("run");
+    let r = igpt(&[
+        "pretrain",
+        "--data",
+        s(&data),
+        "--palette",
+        s(&pal),
+        "--layers",
+        "2",
+        "--width",
+        "16",
+        "--heads",
+        "2",
+        "--side",
+        "6",
+        "--steps",
+        "3",
+        "--batch",
+        "4",
+        "--warmup",
+        "1",
+        "--eval-every",
+        "3",
+        "--val-images",
+        "4",
+        "--out",
+        s(&run),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let ck = run.join("checkpoint.safetensors");
+    let out = dir.path().join("probe");
+    let r = igpt(&[
+        "probe",
+        "--checkpoint",
+        s(&ck),
+        "--data",
+        s(&data),
+        "--out",
+        s(&out),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("probe.json")).unwrap()).unwrap();
+    let layers = json["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 3, "layers 0, 1 and the final norm");
+    for l in layers {
+        let acc = l["test_accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&acc));
+    }
+    assert!(out.join("probe.png").is_file() && out.join("probe-head.json").is_file());
+    // The raw-pixel baseline through the same code path.
+    let raw = dir.path().join("raw");
+    let r = igpt(&[
+        "probe",
+        "--checkpoint",
+        s(&ck),
+        "--data",
+        s(&data),
+        "--raw-pixels",
+        "--out",
+        s(&raw),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(String::from_utf8_lossy(&r.stdout).contains("raw pixels: test accuracy"));
+    // Bad layer numbers are one clear line.
+    fails(
+        &[
+            "probe",
+            "--checkpoint",
+            s(&ck),
+            "--data",
+            s(&data),
+            "--layers",
+            "7",
+            "--out",
+            s(&out),
+        ],
+        &["--layers 7"],
+    );
+    fails(
+        &[
+            "probe",
+            "--checkpoint",
+            s(&ck),
+            "--data",
+            s(&data),
+            "--layers",
+            "x",
+            "--out",
+            s(&out),
+        ],
+        &["--layers x"],
+    );
+}
