@@ -11,7 +11,8 @@
 //! | [`rmsnorm`] | square, mean, add, sqrt, recip, 2 broadcasts, 2 muls | 9 tensors and their backward passes |
 //! | [`quick_gelu`] | mul, sigmoid, mul | 2 tensors; a vectorised exp |
 //! | [`attention`] | 3 reshapes, 3 permutes, 2 batched matmuls, scale, mask add, softmax | the permute copies, the (B,H,T,T) mask and score temporaries; masked entries skipped |
-//! | [`cross_entropy`] | log_softmax, select, weight mul, sum | the (B,T,V) log-probabilities |
+//! | [`head_cross_entropy`] | head matmul, log_softmax, select, weight mul, sum | the (B,T,V) logits and log-probabilities as tensors |
+//! | [`linear`] | dfdx matmul (gemm 0.15, AVX2) | gemm 0.19 with AVX-512 where the CPU has it; no transposed copies |
 //!
 //! Matrix products go through the `gemm` crate (dfdx's own CPU matmul) with strides, so
 //! per-head views need no copies. Work over (batch, head) pairs and rows is split with
@@ -20,6 +21,19 @@
 use crate::model::{Act, Param, NORM_EPS, QUICK_GELU};
 use dfdx::prelude::*;
 use rayon::prelude::*;
+
+/// A tensor's values as a `Vec` with one `memcpy` (dfdx's `as_vec` walks the strides
+/// element by element, which was 10% of a training profile).
+///
+/// The tensor must be contiguous (dfdx does not expose strides to check): every tensor
+/// the model hands to the fused kernels is (parameters, fused-op outputs, outputs of
+/// dfdx's element-wise ops). Debug builds, and so every test, compare with `as_vec`.
+pub fn read<S: Shape, T>(t: &Tensor<S, f32, Cpu, T>) -> Vec<f32> {
+    let mut v = vec![0f32; t.shape().num_elements()];
+    t.copy_into(&mut v);
+    debug_assert!(v == t.as_vec(), "read: tensor is not contiguous");
+    v
+}
 
 fn span(rows: usize, cols: usize, rs: usize, cs: usize) -> usize {
     (rows - 1) * rs + (cols - 1) * cs + 1
@@ -226,7 +240,7 @@ pub fn linear<T: Tape<f32, Cpu>>(
     // Strides of W viewed as (I, O).
     let w_st = if transposed { (1, wc) } else { (wc, 1) };
     let (x, mut tape) = x.split_tape();
-    let (xv, wv) = (x.as_vec(), w.as_vec());
+    let (xv, wv) = (read(&x), read(&w));
     let mut y = vec![0f32; rows * o];
     gemm_par(rows, o, i, &mut y, (o, 1), false, &xv, (i, 1), &wv, w_st);
     let out = x.device().tensor_from_vec(y, (b, t, o));
@@ -331,8 +345,8 @@ pub fn rmsnorm<T: Tape<f32, Cpu>>(x: Act<f32, Cpu, T>, g: &Param<f32, Cpu>) -> A
     let shape = *x.shape();
     let (x, mut tape) = x.split_tape();
     let dev = x.device().clone();
-    let xv = x.as_vec();
-    let gv = g.as_vec();
+    let xv = read(&x);
+    let gv = read(&g);
     let rows = shape.0 * shape.1;
     let mut y = vec![0f32; xv.len()];
     let mut r = vec![0f32; rows];
@@ -388,7 +402,7 @@ pub fn quick_gelu_bwd(x: &[f32], dy: &[f32], dx: &mut [f32]) {
 pub fn quick_gelu<T: Tape<f32, Cpu>>(x: Act<f32, Cpu, T>) -> Act<f32, Cpu, T> {
     let shape = *x.shape();
     let (x, mut tape) = x.split_tape();
-    let xv = x.as_vec();
+    let xv = read(&x);
     let mut y = vec![0f32; xv.len()];
     quick_gelu_fwd(&xv, &mut y);
     let out = x.device().tensor_from_vec(y, shape);
@@ -477,12 +491,7 @@ pub fn attention_fwd(s: AttnShape, q: &[f32], k: &[f32], v: &[f32], o: &mut [f32
                     .iter()
                     .copied()
                     .fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0;
-                for x in row[..valid].iter_mut() {
-                    *x = fast_exp(*x - max);
-                    sum += *x;
-                }
-                let inv = 1.0 / sum;
+                let inv = 1.0 / exp_shift_sum(&mut row[..valid], max);
                 for x in row[..valid].iter_mut() {
                     *x *= inv;
                 }
@@ -676,7 +685,7 @@ pub fn attention<T: Tape<f32, Cpu>>(
     let (k, kt) = k.split_tape();
     let (v, vt) = v.split_tape();
     let mut tape = qt.merge(kt).merge(vt);
-    let (qv, kv, vv) = (q.as_vec(), k.as_vec(), v.as_vec());
+    let (qv, kv, vv) = (read(&q), read(&k), read(&v));
     let mut o = vec![0f32; qv.len()];
     let mut p = vec![0f32; s.b * s.h * s.t * s.t];
     attention_fwd(s, &qv, &kv, &vv, &mut o, &mut p);
@@ -702,72 +711,122 @@ pub fn attention<T: Tape<f32, Cpu>>(
 // ---------------------------------------------------------------------------------------
 // Softmax cross-entropy
 
-/// Forward: `Σ_i w[i] · (logsumexp(x[i]) - x[i][target[i]])` over rows of width `v`;
-/// saves each row's logsumexp.
-pub fn cross_entropy_fwd(x: &[f32], v: usize, target: &[usize], w: &[f32], lse: &mut [f32]) -> f64 {
-    lse.par_iter_mut()
+/// Sum of a slice with eight independent accumulators (so that it vectorises).
+#[inline]
+pub fn sum8(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let chunks = x.chunks_exact(8);
+    let rest: f32 = chunks.remainder().iter().sum();
+    for c in chunks {
+        for (a, v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+/// `row[i] = exp(row[i] - max)` in place; returns the sum. Both loops vectorise.
+#[inline]
+pub fn exp_shift_sum(row: &mut [f32], max: f32) -> f32 {
+    for x in row.iter_mut() {
+        *x = fast_exp(*x - max);
+    }
+    sum8(row)
+}
+
+/// Forward of the weighted softmax cross-entropy over rows of width `v` of `logits`
+/// (overwritten with `exp(logit - max)`): returns `Σ_i w[i] · (lse_i - logit_i[target])`
+/// and stores each row's logsumexp in `lse`.
+pub fn cross_entropy_fwd(
+    logits: &mut [f32],
+    v: usize,
+    target: &[usize],
+    w: &[f32],
+    lse: &mut [f32],
+) -> f64 {
+    logits
+        .par_chunks_mut(v)
+        .zip(lse.par_iter_mut())
         .enumerate()
-        .map(|(i, l)| {
-            let row = &x[i * v..(i + 1) * v];
+        .map(|(i, (row, l))| {
             let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let sum: f32 = row.iter().map(|&z| fast_exp(z - max)).sum();
+            let picked = row[target[i]];
+            let sum = exp_shift_sum(row, max);
             *l = max + sum.ln();
-            w[i] as f64 * (*l - row[target[i]]) as f64
+            w[i] as f64 * (*l - picked) as f64
         })
         .sum()
 }
 
-/// Backward of [`cross_entropy_fwd`]: `dx[i] += dloss · w[i] · (softmax(x[i]) - onehot)`.
-pub fn cross_entropy_bwd(
-    x: &[f32],
-    v: usize,
-    target: &[usize],
-    w: &[f32],
-    lse: &[f32],
-    dloss: f32,
-    dx: &mut [f32],
-) {
-    dx.par_chunks_mut(v).enumerate().for_each(|(i, d)| {
+/// Backward: turns the rows left by [`cross_entropy_fwd`] (`exp(logit - max)`) into
+/// `dlogits[i] = dloss · w[i] · (softmax_i - onehot(target_i))`, in place.
+pub fn cross_entropy_bwd(e: &mut [f32], v: usize, target: &[usize], w: &[f32], dloss: f32) {
+    e.par_chunks_mut(v).enumerate().for_each(|(i, d)| {
         let scale = dloss * w[i];
-        if scale == 0.0 {
-            return;
-        }
-        let row = &x[i * v..(i + 1) * v];
-        for (d, &z) in d.iter_mut().zip(row) {
-            *d += scale * fast_exp(z - lse[i]);
+        // softmax = exp(logit - max) / Σ exp(logit - max).
+        let k = scale / sum8(d);
+        for x in d.iter_mut() {
+            *x *= k;
         }
         d[target[i]] -= scale;
     });
 }
 
-/// Fused weighted softmax cross-entropy on dfdx's tape: logits `(B, T, V)`, one target
-/// and one weight per position; returns the 0-d loss.
-pub fn cross_entropy<T: Tape<f32, Cpu>>(
-    logits: Act<f32, Cpu, T>,
+/// Fused next-token head and weighted softmax cross-entropy on dfdx's tape:
+/// `-Σ w · log softmax(z · Wᵀ)[target]` for `z (B, T, C)` and the head `W (V, C)`, without
+/// materialising the logits as a tensor.
+pub fn head_cross_entropy<T: Tape<f32, Cpu>>(
+    z: Act<f32, Cpu, T>,
+    head: &Param<f32, Cpu>,
     target: &[usize],
     weight: &[f32],
 ) -> Tensor<(), f32, Cpu, T> {
-    let (b, t, v) = *logits.shape();
-    assert_eq!((target.len(), weight.len()), (b * t, b * t));
+    let (b, t, c) = *z.shape();
+    let (v, hc) = *head.shape();
+    assert_eq!(hc, c, "head width");
+    let rows = b * t;
+    assert_eq!((target.len(), weight.len()), (rows, rows));
     assert!(target.iter().all(|&x| x < v), "target out of range");
-    let (x, mut tape) = logits.split_tape();
-    let xv = x.as_vec();
-    let mut lse = vec![0f32; b * t];
-    let loss = cross_entropy_fwd(&xv, v, target, weight, &mut lse) as f32;
-    let out = x.device().tensor_from_vec(vec![loss], ());
+    let (z, mut tape) = z.split_tape();
+    let (zv, wv) = (read(&z), read(&head));
+    // logits (rows × V) = z · Wᵀ
+    let mut e = vec![0f32; rows * v];
+    gemm_par(rows, v, c, &mut e, (v, 1), false, &zv, (c, 1), &wv, (1, c));
+    let mut lse = vec![0f32; rows];
+    let loss = cross_entropy_fwd(&mut e, v, target, weight, &mut lse) as f32;
+    drop(lse);
+    let out = z.device().tensor_from_vec(vec![loss], ());
     if T::OWNS_TAPE {
-        let (out_g, x_g) = (out.clone(), x.clone());
+        let (out_g, z_g, w_g) = (out.clone(), z.clone(), head.clone());
         let (target, weight) = (target.to_vec(), weight.to_vec());
         tape.add_backward_op(move |grads| {
             let dloss = grads.get_or_alloc_mut(&out_g)?[0];
-            cross_entropy_bwd(
-                &xv,
+            let mut e = e;
+            cross_entropy_bwd(&mut e, v, &target, &weight, dloss);
+            // dz (rows×C) += dlogits (rows×V) · W (V×C); dW (V×C) += dlogitsᵀ · z
+            gemm_par(
+                rows,
+                c,
                 v,
-                &target,
-                &weight,
-                &lse,
-                dloss,
-                grads.get_or_alloc_mut(&x_g)?,
+                grads.get_or_alloc_mut(&z_g)?,
+                (c, 1),
+                true,
+                &e,
+                (v, 1),
+                &wv,
+                (c, 1),
+            );
+            gemm_par(
+                v,
+                c,
+                rows,
+                grads.get_or_alloc_mut(&w_g)?,
+                (c, 1),
+                true,
+                &e,
+                (1, v),
+                &zv,
+                (c, 1),
             );
             Ok(())
         });

@@ -437,15 +437,16 @@ pub trait Kernels<E: Float>: Device<E> {
         let _ = fused;
         attention(q, k, v, heads, causal)
     }
-    /// `-Σ weight · log softmax(logits)[target]`, logits `(B, T, V)`.
-    fn cross_entropy<T: Tape<E, Self>>(
-        logits: Act<E, Self, T>,
+    /// `-Σ weight · log softmax(z · headᵀ)[target]` for `z (B, T, C)`, head `(V, C)`.
+    fn head_loss<T: Tape<E, Self>>(
+        z: Act<E, Self, T>,
+        head: &Param<E, Self>,
         target: &[usize],
         weight: &[f32],
         fused: bool,
     ) -> Tensor<(), E, Self, T> {
         let _ = fused;
-        cross_entropy(logits, target, weight)
+        cross_entropy(linear(z, head, true), target, weight)
     }
     /// One AdamW step (see [`crate::train::AdamW::update`]).
     fn adamw(
@@ -534,16 +535,17 @@ impl Kernels<f32> for Cpu {
             attention(q, k, v, heads, causal)
         }
     }
-    fn cross_entropy<T: Tape<f32, Self>>(
-        logits: Act<f32, Self, T>,
+    fn head_loss<T: Tape<f32, Self>>(
+        z: Act<f32, Self, T>,
+        head: &Param<f32, Self>,
         target: &[usize],
         weight: &[f32],
         fused: bool,
     ) -> Tensor<(), f32, Self, T> {
         if fused {
-            crate::kernels::cross_entropy(logits, target, weight)
+            crate::kernels::head_cross_entropy(z, head, target, weight)
         } else {
-            cross_entropy(logits, target, weight)
+            cross_entropy(linear(z, head, true), target, weight)
         }
     }
     fn adamw(
@@ -574,7 +576,11 @@ impl Kernels<f32> for Cpu {
                 0.0
             };
             let g = grads.get_or_alloc_mut(&*p).expect("gradient buffer");
-            let (mut pv, mut mv, mut vv) = (p.as_vec(), opt.m[i].as_vec(), opt.v[i].as_vec());
+            let (mut pv, mut mv, mut vv) = (
+                crate::kernels::read(&*p),
+                crate::kernels::read(&opt.m[i]),
+                crate::kernels::read(&opt.v[i]),
+            );
             crate::kernels::adamw_step(
                 &mut pv,
                 g,

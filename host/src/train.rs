@@ -97,7 +97,6 @@ pub fn loss<E: Float, D: Kernels<E>, T: Tape<E, D>>(
     gpt: &Gpt<E, D>,
     batch: &Batch,
 ) -> Tensor<(), E, D, T> {
-    let dev = gpt.wte.device().clone();
     let keep: Option<Vec<E>> = batch
         .keep
         .as_ref()
@@ -110,14 +109,7 @@ pub fn loss<E: Float, D: Kernels<E>, T: Tape<E, D>>(
         Capture::default(),
         &mut Captures::default(),
     );
-    let logp = gpt.logits(z).log_softmax::<Axis<2>>();
-    let target: Tensor<(usize, usize), usize, D> =
-        dev.tensor_from_vec(batch.target.clone(), (batch.b, batch.t));
-    let w: Tensor<(usize, usize), E, D> = dev.tensor_from_vec(
-        batch.weight.iter().map(|&x| cst::<E>(x as f64)).collect(),
-        (batch.b, batch.t),
-    );
-    (logp.select(target) * w).sum().negate()
+    D::head_loss(z, &gpt.lm_head, &batch.target, &batch.weight, gpt.fused)
 }
 
 /// The value of a 0-d tensor as f64.
