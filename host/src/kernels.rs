@@ -240,7 +240,7 @@ pub fn linear<T: Tape<f32, Cpu>>(
     // Strides of W viewed as (I, O).
     let w_st = if transposed { (1, wc) } else { (wc, 1) };
     let (x, mut tape) = x.split_tape();
-    let (xv, wv) = (read(&x), read(&w));
+    let (xv, wv) = (read(&x), read(w));
     let mut y = vec![0f32; rows * o];
     gemm_par(rows, o, i, &mut y, (o, 1), false, &xv, (i, 1), &wv, w_st);
     let out = x.device().tensor_from_vec(y, (b, t, o));
@@ -346,7 +346,7 @@ pub fn rmsnorm<T: Tape<f32, Cpu>>(x: Act<f32, Cpu, T>, g: &Param<f32, Cpu>) -> A
     let (x, mut tape) = x.split_tape();
     let dev = x.device().clone();
     let xv = read(&x);
-    let gv = read(&g);
+    let gv = read(g);
     let rows = shape.0 * shape.1;
     let mut y = vec![0f32; xv.len()];
     let mut r = vec![0f32; rows];
@@ -788,7 +788,7 @@ pub fn head_cross_entropy<T: Tape<f32, Cpu>>(
     assert_eq!((target.len(), weight.len()), (rows, rows));
     assert!(target.iter().all(|&x| x < v), "target out of range");
     let (z, mut tape) = z.split_tape();
-    let (zv, wv) = (read(&z), read(&head));
+    let (zv, wv) = (read(&z), read(head));
     // logits (rows × V) = z · Wᵀ
     let mut e = vec![0f32; rows * v];
     gemm_par(rows, v, c, &mut e, (v, 1), false, &zv, (c, 1), &wv, (1, c));
