@@ -9,8 +9,8 @@
 //! | kernel | replaces | saves |
 //! |---|---|---|
 //! | [`rmsnorm`] | square, mean, add, sqrt, recip, 2 broadcasts, 2 muls | 9 tensors and their backward passes |
-//! | [`quick_gelu`] | mul, sigmoid, mul | 2 tensors; a vectorised exp |
-//! | [`attention`] | 3 reshapes, 3 permutes, 2 batched matmuls, scale, mask add, softmax | the permute copies, the (B,H,T,T) mask and score temporaries; masked entries skipped |
+//! | [`mlp`] | 2 matmuls, mul, sigmoid, mul | the (B,T,4C) intermediates as tensors; a vectorised exp |
+//! | [`self_attention`] | 3 matmuls, 3 reshapes, 3 permutes, 2 batched matmuls, scale, mask add, softmax | q, k, v as tensors, the permute copies, the (B,H,T,T) mask and score temporaries; masked key blocks skipped |
 //! | [`head_cross_entropy`] | head matmul, log_softmax, select, weight mul, sum | the (B,T,V) logits and log-probabilities as tensors |
 //! | [`linear`] | dfdx matmul (gemm 0.15, AVX2) | gemm 0.19 with AVX-512 where the CPU has it; no transposed copies |
 //!
@@ -398,19 +398,74 @@ pub fn quick_gelu_bwd(x: &[f32], dy: &[f32], dx: &mut [f32]) {
         });
 }
 
-/// Fused quick_gelu on dfdx's tape.
-pub fn quick_gelu<T: Tape<f32, Cpu>>(x: Act<f32, Cpu, T>) -> Act<f32, Cpu, T> {
-    let shape = *x.shape();
-    let (x, mut tape) = x.split_tape();
-    let xv = read(&x);
-    let mut y = vec![0f32; xv.len()];
-    quick_gelu_fwd(&xv, &mut y);
-    let out = x.device().tensor_from_vec(y, shape);
+/// Fused MLP on dfdx's tape: `quick_gelu(m · W_fc) · W_proj` for the normed input
+/// `m (B, T, C)`, `W_fc (C, 4C)`, `W_proj (4C, C)`, without handing the `(B, T, 4C)`
+/// intermediates to dfdx.
+pub fn mlp<T: Tape<f32, Cpu>>(
+    m: Act<f32, Cpu, T>,
+    w_fc: &Param<f32, Cpu>,
+    w_proj: &Param<f32, Cpu>,
+) -> Act<f32, Cpu, T> {
+    let (b, t, c) = *m.shape();
+    let f = w_fc.shape().1;
+    assert_eq!((w_fc.shape().0, *w_proj.shape()), (c, (f, c)), "mlp shapes");
+    let rows = b * t;
+    let (m, mut tape) = m.split_tape();
+    let (mv, fcv, pv) = (read(&m), read(w_fc), read(w_proj));
+    let mut h = vec![0f32; rows * f];
+    gemm_par(rows, f, c, &mut h, (f, 1), false, &mv, (c, 1), &fcv, (f, 1));
+    let mut g = vec![0f32; rows * f];
+    quick_gelu_fwd(&h, &mut g);
+    let mut y = vec![0f32; rows * c];
+    gemm_par(rows, c, f, &mut y, (c, 1), false, &g, (f, 1), &pv, (c, 1));
+    let out = m.device().tensor_from_vec(y, (b, t, c));
     if T::OWNS_TAPE {
-        let (out_g, x_g) = (out.clone(), x.clone());
+        let (out_g, m_g, fc_g, p_g) = (out.clone(), m.clone(), w_fc.clone(), w_proj.clone());
         tape.add_backward_op(move |grads| {
             let dy = grads.get_or_alloc_mut(&out_g)?.to_vec();
-            quick_gelu_bwd(&xv, &dy, grads.get_or_alloc_mut(&x_g)?);
+            // dW_proj += gᵀ · dy ; dg = dy · W_projᵀ
+            gemm_par(
+                f,
+                c,
+                rows,
+                grads.get_or_alloc_mut(&p_g)?,
+                (c, 1),
+                true,
+                &g,
+                (1, f),
+                &dy,
+                (c, 1),
+            );
+            let mut dg = vec![0f32; rows * f];
+            gemm_par(rows, f, c, &mut dg, (f, 1), false, &dy, (c, 1), &pv, (1, c));
+            // dh = dg ⊙ quick_gelu'(h)
+            let mut dh = vec![0f32; rows * f];
+            quick_gelu_bwd(&h, &dg, &mut dh);
+            // dW_fc += mᵀ · dh ; dm += dh · W_fcᵀ
+            gemm_par(
+                c,
+                f,
+                rows,
+                grads.get_or_alloc_mut(&fc_g)?,
+                (f, 1),
+                true,
+                &mv,
+                (1, c),
+                &dh,
+                (f, 1),
+            );
+            gemm_par(
+                rows,
+                c,
+                f,
+                grads.get_or_alloc_mut(&m_g)?,
+                (c, 1),
+                true,
+                &dh,
+                (f, 1),
+                &fcv,
+                (1, f),
+            );
             Ok(())
         });
     }
@@ -664,43 +719,74 @@ impl SendPtr {
     }
 }
 
-/// Fused multi-head attention on dfdx's tape: q, k, v `(B, T, C)` in, the concatenated
-/// head outputs `(B, T, C)` out (before the output projection).
-pub fn attention<T: Tape<f32, Cpu>>(
-    q: Act<f32, Cpu, T>,
-    k: Act<f32, Cpu, T>,
-    v: Act<f32, Cpu, T>,
+/// Fused self-attention on dfdx's tape: the q, k, v projections of the normed input
+/// `a (B, T, C)` (weights `(C, C)`, `[in, out]`) and multi-head attention, returning the
+/// concatenated head outputs `(B, T, C)` before the output projection.
+pub fn self_attention<T: Tape<f32, Cpu>>(
+    a: Act<f32, Cpu, T>,
+    wq: &Param<f32, Cpu>,
+    wk: &Param<f32, Cpu>,
+    wv: &Param<f32, Cpu>,
     heads: usize,
     causal: bool,
 ) -> Act<f32, Cpu, T> {
-    let shape = *q.shape();
+    let shape = *a.shape();
+    let (b, t, c) = shape;
+    let rows = b * t;
     let s = AttnShape {
-        b: shape.0,
-        t: shape.1,
+        b,
+        t,
         h: heads,
-        hd: shape.2 / heads,
+        hd: c / heads,
         causal,
     };
-    let (q, qt) = q.split_tape();
-    let (k, kt) = k.split_tape();
-    let (v, vt) = v.split_tape();
-    let mut tape = qt.merge(kt).merge(vt);
-    let (qv, kv, vv) = (read(&q), read(&k), read(&v));
-    let mut o = vec![0f32; qv.len()];
-    let mut p = vec![0f32; s.b * s.h * s.t * s.t];
+    let (a, mut tape) = a.split_tape();
+    let av = read(&a);
+    let ws = [read(wq), read(wk), read(wv)];
+    let proj = |w: &[f32]| {
+        let mut y = vec![0f32; rows * c];
+        gemm_par(rows, c, c, &mut y, (c, 1), false, &av, (c, 1), w, (c, 1));
+        y
+    };
+    let (qv, kv, vv) = (proj(&ws[0]), proj(&ws[1]), proj(&ws[2]));
+    let mut o = vec![0f32; rows * c];
+    let mut p = vec![0f32; b * heads * t * t];
     attention_fwd(s, &qv, &kv, &vv, &mut o, &mut p);
-    let out = q.device().tensor_from_vec(o, shape);
+    let out = a.device().tensor_from_vec(o, shape);
     if T::OWNS_TAPE {
-        let (out_g, q_g, k_g, v_g) = (out.clone(), q.clone(), k.clone(), v.clone());
+        let (out_g, a_g) = (out.clone(), a.clone());
+        let w_g = [wq.clone(), wk.clone(), wv.clone()];
         tape.add_backward_op(move |grads| {
             let dout = grads.get_or_alloc_mut(&out_g)?.to_vec();
-            let n = qv.len();
+            let n = rows * c;
             let (mut dq, mut dk, mut dv) = (vec![0f32; n], vec![0f32; n], vec![0f32; n]);
             attention_bwd(s, &qv, &kv, &vv, &p, &dout, &mut dq, &mut dk, &mut dv);
-            for (t, d) in [(&q_g, dq), (&k_g, dk), (&v_g, dv)] {
-                for (a, b) in grads.get_or_alloc_mut(t)?.iter_mut().zip(d) {
-                    *a += b;
-                }
+            for ((d, w), wg) in [dq, dk, dv].iter().zip(&ws).zip(&w_g) {
+                // dW += aᵀ · d ; da += d · Wᵀ
+                gemm_par(
+                    c,
+                    c,
+                    rows,
+                    grads.get_or_alloc_mut(wg)?,
+                    (c, 1),
+                    true,
+                    &av,
+                    (1, c),
+                    d,
+                    (c, 1),
+                );
+                gemm_par(
+                    rows,
+                    c,
+                    c,
+                    grads.get_or_alloc_mut(&a_g)?,
+                    (c, 1),
+                    true,
+                    d,
+                    (c, 1),
+                    w,
+                    (1, c),
+                );
             }
             Ok(())
         });

@@ -322,15 +322,12 @@ impl<E: Float, D: Kernels<E>> Gpt<E, D> {
                     .probe
                     .push(a.retaped::<NoneTape>().mean::<_, Axis<1>>());
             }
-            let q = D::linear(a.retaped::<T>(), &blk.q, false, f);
-            let k = D::linear(a.retaped::<T>(), &blk.k, false, f);
-            let v = D::linear(a, &blk.v, false, f);
-            let att = D::attention(q, k, v, c.heads, causal, f);
+            let att = D::self_attention(a, &blk.q, &blk.k, &blk.v, c.heads, causal, f);
             x = residual + D::linear(att, &blk.c_proj, false, f);
             // MLP: x = x + quick_gelu(rmsnorm(x) · c_fc) · mlp_proj
             let residual = x.retaped::<T>();
-            let m = D::linear(D::rmsnorm(x, &blk.ln_2, f), &blk.c_fc, false, f);
-            x = residual + D::linear(D::quick_gelu(m, f), &blk.mlp_proj, false, f);
+            let m = D::rmsnorm(x, &blk.ln_2, f);
+            x = residual + D::mlp(m, &blk.c_fc, &blk.mlp_proj, f);
         }
         let z = D::rmsnorm(x, &self.ln_f, f);
         if capture.hidden {
@@ -420,21 +417,32 @@ pub trait Kernels<E: Float>: Device<E> {
         let _ = fused;
         linear(x, w, transposed)
     }
-    /// quick_gelu.
-    fn quick_gelu<T: Tape<E, Self>>(x: Act<E, Self, T>, fused: bool) -> Act<E, Self, T> {
+    /// The MLP: `quick_gelu(m · W_fc) · W_proj`.
+    fn mlp<T: Tape<E, Self>>(
+        m: Act<E, Self, T>,
+        w_fc: &Param<E, Self>,
+        w_proj: &Param<E, Self>,
+        fused: bool,
+    ) -> Act<E, Self, T> {
         let _ = fused;
-        quick_gelu(x)
+        linear(quick_gelu(linear(m, w_fc, false)), w_proj, false)
     }
-    /// Multi-head attention.
-    fn attention<T: Tape<E, Self>>(
-        q: Act<E, Self, T>,
-        k: Act<E, Self, T>,
-        v: Act<E, Self, T>,
+    /// Self-attention: the q, k, v projections of `a` and multi-head attention, before
+    /// the output projection.
+    #[allow(clippy::too_many_arguments)]
+    fn self_attention<T: Tape<E, Self>>(
+        a: Act<E, Self, T>,
+        wq: &Param<E, Self>,
+        wk: &Param<E, Self>,
+        wv: &Param<E, Self>,
         heads: usize,
         causal: bool,
         fused: bool,
     ) -> Act<E, Self, T> {
         let _ = fused;
+        let q = linear(a.retaped::<T>(), wq, false);
+        let k = linear(a.retaped::<T>(), wk, false);
+        let v = linear(a, wv, false);
         attention(q, k, v, heads, causal)
     }
     /// `-Σ weight · log softmax(z · headᵀ)[target]` for `z (B, T, C)`, head `(V, C)`.
@@ -514,24 +522,33 @@ impl Kernels<f32> for Cpu {
             linear(x, w, transposed)
         }
     }
-    fn quick_gelu<T: Tape<f32, Self>>(x: Act<f32, Self, T>, fused: bool) -> Act<f32, Self, T> {
+    fn mlp<T: Tape<f32, Self>>(
+        m: Act<f32, Self, T>,
+        w_fc: &Param<f32, Self>,
+        w_proj: &Param<f32, Self>,
+        fused: bool,
+    ) -> Act<f32, Self, T> {
         if fused {
-            crate::kernels::quick_gelu(x)
+            crate::kernels::mlp(m, w_fc, w_proj)
         } else {
-            quick_gelu(x)
+            linear(quick_gelu(linear(m, w_fc, false)), w_proj, false)
         }
     }
-    fn attention<T: Tape<f32, Self>>(
-        q: Act<f32, Self, T>,
-        k: Act<f32, Self, T>,
-        v: Act<f32, Self, T>,
+    fn self_attention<T: Tape<f32, Self>>(
+        a: Act<f32, Self, T>,
+        wq: &Param<f32, Self>,
+        wk: &Param<f32, Self>,
+        wv: &Param<f32, Self>,
         heads: usize,
         causal: bool,
         fused: bool,
     ) -> Act<f32, Self, T> {
         if fused {
-            crate::kernels::attention(q, k, v, heads, causal)
+            crate::kernels::self_attention(a, wq, wk, wv, heads, causal)
         } else {
+            let q = linear(a.retaped::<T>(), wq, false);
+            let k = linear(a.retaped::<T>(), wk, false);
+            let v = linear(a, wv, false);
             attention(q, k, v, heads, causal)
         }
     }

@@ -104,47 +104,76 @@ fn linear_matches_reference() {
     }
 }
 
+type W = Tensor<(usize, usize), f32, Cpu>;
+
 #[test]
-fn quick_gelu_matches_reference() {
+fn mlp_matches_reference() {
     let dev = Cpu::seed_from_u64(0);
     let mut rng = ChaCha8Rng::seed_from_u64(2);
-    let shape = (2, 5, 40);
-    let n = 2 * 5 * 40;
-    let x: T3 = dev.tensor_from_vec(rand_vec(&mut rng, n, 6.0), shape);
-    let r: T3 = dev.tensor_from_vec(rand_vec(&mut rng, n, 1.0), shape);
-    let (fo, fg) = run(&dev, std::slice::from_ref(&x), &r, &|mut v| {
-        kernels::quick_gelu(v.remove(0))
-    });
-    let (ro, rg) = run(&dev, &[x], &r, &|mut v| model::quick_gelu(v.remove(0)));
-    close("quick_gelu out", &fo, &ro, 1e-6);
-    close("quick_gelu dx", &fg[0], &rg[0], 1e-6);
+    let (b, t, c) = (2, 5, 12);
+    let m: T3 = dev.tensor_from_vec(rand_vec(&mut rng, b * t * c, 2.0), (b, t, c));
+    let fc: W = dev.tensor_from_vec(rand_vec(&mut rng, c * 4 * c, 1.0), (c, 4 * c));
+    let pr: W = dev.tensor_from_vec(rand_vec(&mut rng, 4 * c * c, 0.5), (4 * c, c));
+    let r: T3 = dev.tensor_from_vec(rand_vec(&mut rng, b * t * c, 1.0), (b, t, c));
+    let go = |fused: bool| {
+        let mt = m.clone().leaky_traced();
+        let out = if fused {
+            kernels::mlp(mt, &fc, &pr)
+        } else {
+            model::linear(model::quick_gelu(model::linear(mt, &fc, false)), &pr, false)
+        };
+        let ov = out.retaped::<NoneTape>().as_vec();
+        let grads = (out * r.clone()).sum().backward();
+        (
+            ov,
+            grads.get(&m).as_vec(),
+            grads.get(&fc).as_vec(),
+            grads.get(&pr).as_vec(),
+        )
+    };
+    let (fo, fm, ff, fp) = go(true);
+    let (ro, rm, rf, rp) = go(false);
+    close("mlp out", &fo, &ro, 1e-5);
+    close("mlp dm", &fm, &rm, 1e-5);
+    close("mlp dW_fc", &ff, &rf, 1e-5);
+    close("mlp dW_proj", &fp, &rp, 1e-5);
 }
 
 #[test]
-fn attention_matches_reference() {
+fn self_attention_matches_reference() {
     let dev = Cpu::seed_from_u64(0);
     let mut rng = ChaCha8Rng::seed_from_u64(3);
     // 150 positions: two full row blocks of 64 and a partial one.
     for (causal, t) in [(true, 9), (false, 9), (true, 150), (false, 150)] {
         let (b, h, hd) = (2, 3, 4);
         let c = h * hd;
-        let mk = |rng: &mut ChaCha8Rng| -> T3 {
-            dev.tensor_from_vec(rand_vec(rng, b * t * c, 1.5), (b, t, c))
+        let a: T3 = dev.tensor_from_vec(rand_vec(&mut rng, b * t * c, 1.5), (b, t, c));
+        let r: T3 = dev.tensor_from_vec(rand_vec(&mut rng, b * t * c, 1.0), (b, t, c));
+        let ws: Vec<W> = (0..3)
+            .map(|_| dev.tensor_from_vec(rand_vec(&mut rng, c * c, 0.6), (c, c)))
+            .collect();
+        let go = |fused: bool| {
+            let at = a.clone().leaky_traced();
+            let out = if fused {
+                kernels::self_attention(at, &ws[0], &ws[1], &ws[2], h, causal)
+            } else {
+                let q = model::linear(at.retaped(), &ws[0], false);
+                let k = model::linear(at.retaped(), &ws[1], false);
+                let v = model::linear(at, &ws[2], false);
+                model::attention(q, k, v, h, causal)
+            };
+            let ov = out.retaped::<NoneTape>().as_vec();
+            let grads = (out * r.clone()).sum().backward();
+            let dws: Vec<Vec<f32>> = ws.iter().map(|w| grads.get(w).as_vec()).collect();
+            (ov, grads.get(&a).as_vec(), dws)
         };
-        let (q, k, v, r) = (mk(&mut rng), mk(&mut rng), mk(&mut rng), mk(&mut rng));
-        let ins = [q, k, v];
-        let (fo, fg) = run(&dev, &ins, &r, &|mut x| {
-            let (q, k, v) = (x.remove(0), x.remove(0), x.remove(0));
-            kernels::attention(q, k, v, h, causal)
-        });
-        let (ro, rg) = run(&dev, &ins, &r, &|mut x| {
-            let (q, k, v) = (x.remove(0), x.remove(0), x.remove(0));
-            model::attention(q, k, v, h, causal)
-        });
+        let (fo, fa, fw) = go(true);
+        let (ro, ra, rw) = go(false);
         let tag = format!("{}, T {t}", if causal { "causal" } else { "bidirectional" });
-        close(&format!("attention ({tag}) out"), &fo, &ro, 1e-5);
-        for (i, n) in ["dq", "dk", "dv"].iter().enumerate() {
-            close(&format!("attention ({tag}) {n}"), &fg[i], &rg[i], 1e-5);
+        close(&format!("self_attention ({tag}) out"), &fo, &ro, 1e-5);
+        close(&format!("self_attention ({tag}) da"), &fa, &ra, 1e-5);
+        for (i, n) in ["dWq", "dWk", "dWv"].iter().enumerate() {
+            close(&format!("self_attention ({tag}) {n}"), &fw[i], &rw[i], 1e-5);
         }
     }
 }
