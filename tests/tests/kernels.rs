@@ -10,8 +10,6 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 type T3 = Tensor<(usize, usize, usize), f32, Cpu>;
-type Taped = Tensor<(usize, usize, usize), f32, Cpu, OwnedTape<f32, Cpu>>;
-type Op<'a> = &'a dyn Fn(Vec<Taped>) -> Taped;
 
 fn rand_vec(rng: &mut ChaCha8Rng, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| rng.gen_range(-scale..scale)).collect()
@@ -30,20 +28,6 @@ fn close(what: &str, fused: &[f32], reference: &[f32], tol: f32) {
     let scale = reference.iter().fold(0f32, |m, x| m.max(x.abs()));
     println!("{what}: max abs diff {d:.2e} (values up to {scale:.2e})");
     assert!(d <= tol * scale.max(1.0), "{what}: {d} > {tol} x {scale}");
-}
-
-/// Runs `op` on fresh leaf copies of `inputs` with an `OwnedTape`, backpropagates
-/// `sum(out ⊙ r)`, and returns the output and the gradient of each input.
-fn run(dev: &Cpu, inputs: &[T3], r: &T3, op: Op) -> (Vec<f32>, Vec<Vec<f32>>) {
-    let _ = dev;
-    let traced: Vec<_> = inputs.iter().map(|x| x.clone().leaky_traced()).collect();
-    let out = op(traced);
-    let out_v = out.retaped::<NoneTape>().as_vec();
-    let grads = (out * r.clone()).sum().backward();
-    (
-        out_v,
-        inputs.iter().map(|x| grads.get(x).as_vec()).collect(),
-    )
 }
 
 #[test]
