@@ -20,6 +20,7 @@
 
 use crate::model::{Act, Param, NORM_EPS, QUICK_GELU};
 use dfdx::prelude::*;
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 /// A tensor's values as a `Vec` with one `memcpy` (dfdx's `as_vec` walks the strides
@@ -373,29 +374,35 @@ pub fn rmsnorm<T: Tape<f32, Cpu>>(x: Act<f32, Cpu, T>, g: &Param<f32, Cpu>) -> A
 // ---------------------------------------------------------------------------------------
 // quick_gelu
 
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl", "x86_64+avx2+fma"))]
+fn quick_gelu_chunk(x: &[f32], y: &mut [f32]) {
+    for (y, &x) in y.iter_mut().zip(x) {
+        let s = 1.0 / (1.0 + fast_exp(-(QUICK_GELU as f32) * x));
+        *y = x * s;
+    }
+}
+
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl", "x86_64+avx2+fma"))]
+fn quick_gelu_bwd_chunk(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+    let a = QUICK_GELU as f32;
+    for ((dx, &x), &d) in dx.iter_mut().zip(x).zip(dy) {
+        let s = 1.0 / (1.0 + fast_exp(-a * x));
+        *dx += d * (s + a * x * s * (1.0 - s));
+    }
+}
+
 /// `y = x · σ(1.702 x)`.
 pub fn quick_gelu_fwd(x: &[f32], y: &mut [f32]) {
     y.par_chunks_mut(4096)
         .zip(x.par_chunks(4096))
-        .for_each(|(y, x)| {
-            for (y, &x) in y.iter_mut().zip(x) {
-                let s = 1.0 / (1.0 + fast_exp(-(QUICK_GELU as f32) * x));
-                *y = x * s;
-            }
-        });
+        .for_each(|(y, x)| quick_gelu_chunk(x, y));
 }
 
 /// Backward of [`quick_gelu_fwd`]: `dx += dy · (s + 1.702 x s (1 - s))`.
 pub fn quick_gelu_bwd(x: &[f32], dy: &[f32], dx: &mut [f32]) {
-    let a = QUICK_GELU as f32;
     dx.par_chunks_mut(4096)
         .zip(x.par_chunks(4096).zip(dy.par_chunks(4096)))
-        .for_each(|(dx, (x, dy))| {
-            for ((dx, &x), &d) in dx.iter_mut().zip(x).zip(dy) {
-                let s = 1.0 / (1.0 + fast_exp(-a * x));
-                *dx += d * (s + a * x * s * (1.0 - s));
-            }
-        });
+        .for_each(|(dx, (x, dy))| quick_gelu_bwd_chunk(x, dy, dx));
 }
 
 /// Fused MLP on dfdx's tape: `quick_gelu(m · W_fc) · W_proj` for the normed input
@@ -540,17 +547,8 @@ pub fn attention_fwd(s: AttnShape, q: &[f32], k: &[f32], v: &[f32], o: &mut [f32
                 scale,
             );
             for i in r0..r1 {
-                let row = &mut pb[i * t..i * t + cols];
                 let valid = if s.causal { i + 1 } else { t };
-                let max = row[..valid]
-                    .iter()
-                    .copied()
-                    .fold(f32::NEG_INFINITY, f32::max);
-                let inv = 1.0 / exp_shift_sum(&mut row[..valid], max);
-                for x in row[..valid].iter_mut() {
-                    *x *= inv;
-                }
-                row[valid..].fill(0.0);
+                softmax_row(&mut pb[i * t..i * t + cols], valid);
             }
             // o[r0..r1] = p[r0..r1, 0..cols] · v[0..cols]
             // Safety: each (b, h) task writes only its own block of o (rows of batch b,
@@ -619,12 +617,12 @@ pub fn attention_bwd(
             // ds = p ⊙ (dp - Σ_u dp·p), times the scores' 1/√hd.
             for i in 0..rows {
                 let valid = if s.causal { r0 + i + 1 } else { t };
-                let (prow, drow) = (&pr[i * t..i * t + valid], &mut dsr[i * t..i * t + cols]);
-                let dot: f32 = prow.iter().zip(drow.iter()).map(|(a, b)| a * b).sum();
-                for (d, p) in drow[..valid].iter_mut().zip(prow) {
-                    *d = p * (*d - dot) * scale;
-                }
-                drow[valid..].fill(0.0);
+                softmax_bwd_row(
+                    &pr[i * t..i * t + cols],
+                    &mut dsr[i * t..i * t + cols],
+                    valid,
+                    scale,
+                );
             }
             let dsr = &ds[r0 * t..];
             // dq[r0..r1] += ds · k[0..cols] ; dk[0..cols] += dsᵀ · q[r0..r1]
@@ -797,9 +795,67 @@ pub fn self_attention<T: Tape<f32, Cpu>>(
 // ---------------------------------------------------------------------------------------
 // Softmax cross-entropy
 
+/// `Σ a·b` with eight independent accumulators (so that it vectorises).
+#[inline(always)]
+pub fn dot8(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let rest: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for j in 0..8 {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    acc.iter().sum::<f32>() + rest
+}
+
+/// The largest value (`-inf` for an empty slice), eight lanes at a time.
+#[inline(always)]
+pub fn max8(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let c = x.chunks_exact(8);
+    let rest = c
+        .remainder()
+        .iter()
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max);
+    for v in c {
+        for j in 0..8 {
+            acc[j] = if v[j] > acc[j] { v[j] } else { acc[j] };
+        }
+    }
+    acc.iter().copied().fold(rest, f32::max)
+}
+
+/// Softmax of `row[..valid]` in place, zeros after it.
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl", "x86_64+avx2+fma"))]
+pub fn softmax_row(row: &mut [f32], valid: usize) {
+    let max = max8(&row[..valid]);
+    let inv = 1.0 / exp_shift_sum_inline(&mut row[..valid], max);
+    for x in row[..valid].iter_mut() {
+        *x *= inv;
+    }
+    row[valid..].fill(0.0);
+}
+
+/// Softmax backward of one row: `d = p ⊙ (d - Σ d·p) · scale` on `..valid`, zeros after.
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl", "x86_64+avx2+fma"))]
+pub fn softmax_bwd_row(p: &[f32], d: &mut [f32], valid: usize, scale: f32) {
+    let dot = dot8(&p[..valid], &d[..valid]);
+    for (d, p) in d[..valid].iter_mut().zip(&p[..valid]) {
+        *d = p * (*d - dot) * scale;
+    }
+    d[valid..].fill(0.0);
+}
+
 /// Sum of a slice with eight independent accumulators (so that it vectorises).
-#[inline]
-pub fn sum8(x: &[f32]) -> f32 {
+#[inline(always)]
+pub fn sum8_inline(x: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = x.chunks_exact(8);
     let rest: f32 = chunks.remainder().iter().sum();
@@ -811,13 +867,25 @@ pub fn sum8(x: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + rest
 }
 
-/// `row[i] = exp(row[i] - max)` in place; returns the sum. Both loops vectorise.
-#[inline]
-pub fn exp_shift_sum(row: &mut [f32], max: f32) -> f32 {
+/// [`sum8_inline`] compiled for the best vector unit present.
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl", "x86_64+avx2+fma"))]
+pub fn sum8(x: &[f32]) -> f32 {
+    sum8_inline(x)
+}
+
+#[inline(always)]
+fn exp_shift_sum_inline(row: &mut [f32], max: f32) -> f32 {
     for x in row.iter_mut() {
         *x = fast_exp(*x - max);
     }
-    sum8(row)
+    sum8_inline(row)
+}
+
+/// `row[i] = exp(row[i] - max)` in place; returns the sum. Both loops vectorise, and
+/// run on the best vector unit present.
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl", "x86_64+avx2+fma"))]
+pub fn exp_shift_sum(row: &mut [f32], max: f32) -> f32 {
+    exp_shift_sum_inline(row, max)
 }
 
 /// Forward of the weighted softmax cross-entropy over rows of width `v` of `logits`
