@@ -83,3 +83,33 @@ pub fn keep_freed_memory() {
         }
     }
 }
+
+/// Writes rows of equally sized square RGB images (`side`x`side`, enlarged by pixel
+/// repetition to about 112 pixels) as one PNG grid with 4-pixel white gaps.
+pub fn write_image_grid(path: &Path, rows: &[Vec<Vec<u8>>], side: usize) -> Result<()> {
+    anyhow::ensure!(
+        !rows.is_empty() && side > 0,
+        "{}: nothing to draw",
+        path.display()
+    );
+    let scale = (112 / side).max(1);
+    let cell = side * scale;
+    let gap = 4;
+    let cols = rows.iter().map(|r| r.len()).max().unwrap_or(1);
+    let (w, h) = (cols * (cell + gap) + gap, rows.len() * (cell + gap) + gap);
+    let mut img = vec![255u8; w * h * 3];
+    for (ri, row) in rows.iter().enumerate() {
+        for (ci, rgb) in row.iter().enumerate() {
+            anyhow::ensure!(rgb.len() == side * side * 3, "image of the wrong size");
+            let (x0, y0) = (gap + ci * (cell + gap), gap + ri * (cell + gap));
+            for y in 0..cell {
+                for x in 0..cell {
+                    let s = ((y / scale) * side + x / scale) * 3;
+                    let d = ((y0 + y) * w + x0 + x) * 3;
+                    img[d..d + 3].copy_from_slice(&rgb[s..s + 3]);
+                }
+            }
+        }
+    }
+    write_png(path, w, h, 3, &img)
+}

@@ -19,4 +19,5 @@ pub mod plot;
 pub mod pretrain;
 pub mod probe;
 pub mod progress;
+pub mod sample;
 pub mod train;

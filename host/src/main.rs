@@ -3,6 +3,7 @@
 
 use anyhow::{ensure, Context, Result};
 use clap::{Parser, Subcommand};
+use igpt::checkpoint::Checkpoint;
 use igpt::data::{self, Split};
 use igpt::model::Objective;
 use igpt::model_args::ModelArgs;
@@ -37,9 +38,49 @@ enum Cmd {
     Pretrain(PretrainArgs),
     /// Linear probes on every layer's average-pooled features (or on raw pixels).
     Probe(ProbeArgs),
+    /// Sample images (KV-cached), or complete images from their top rows.
+    Sample(SampleArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+#[derive(clap::Args)]
+struct SampleArgs {
+    /// Checkpoint with a palette (an AR model).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Unconditional samples to draw.
+    #[arg(long, default_value_t = 16)]
+    n: usize,
+    /// Softmax temperature (0: greedy).
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    /// Sample only among the K most likely colours.
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// RNG seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Complete these images instead: each row shows the kept top rows, completions and
+    /// the original (as tokens).
+    #[arg(long, num_args = 1..)]
+    complete: Vec<PathBuf>,
+    /// Complete the first N test images of this dataset (with --complete-test).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// How many test images of --data to complete.
+    #[arg(long, default_value_t = 0)]
+    complete_test: usize,
+    /// Rows of each image to keep when completing.
+    #[arg(long, default_value_t = 7)]
+    keep_rows: usize,
+    /// Completions per image.
+    #[arg(long, default_value_t = 4)]
+    completions: usize,
+    /// Output PNG grid.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -355,6 +396,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Pretrain(a) => pretrain_cmd(a),
+        Cmd::Sample(a) => sample_cmd(a),
         Cmd::Probe(a) => {
             set_threads(a.threads)?;
             let layers = if a.layers.iter().any(|l| l == "all") {
@@ -452,6 +494,110 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn sample_cmd(a: SampleArgs) -> Result<()> {
+    use igpt::sample;
+    use rand::SeedableRng;
+    let ck = Checkpoint::load(&a.checkpoint)?;
+    let pal = ck
+        .palette
+        .clone()
+        .with_context(|| format!("{}: the checkpoint has no palette", a.checkpoint.display()))?;
+    if ck
+        .train
+        .as_ref()
+        .is_some_and(|t| t.args.contains("\"objective\":\"Bert\""))
+    {
+        anyhow::bail!(
+            "{}: a BERT model does not sample left to right",
+            a.checkpoint.display()
+        );
+    }
+    let (side, c) = (ck.config.side, pal.channels());
+    let n = side * side;
+    ensure!(a.top_k != Some(0), "--top-k must be positive");
+    let mut prefixes: Vec<Vec<u16>> = Vec::new();
+    let mut originals: Vec<Vec<u16>> = Vec::new();
+    let completing = !a.complete.is_empty() || a.complete_test > 0;
+    if !completing {
+        ensure!(a.n > 0, "--n must be positive");
+        prefixes = vec![Vec::new(); a.n];
+    } else {
+        ensure!(
+            a.keep_rows > 0 && a.keep_rows < side,
+            "--keep-rows must be in 1..{side}"
+        );
+        ensure!(a.completions > 0, "--completions must be positive");
+        for path in &a.complete {
+            let img = data::read_image(path)?;
+            let px = data::convert_channels(
+                &data::square_resize(&img.rgb, img.width, img.height, 3, side),
+                3,
+                c,
+            )?;
+            let mut t = vec![0u16; n];
+            pal.tokenize(&px, &mut t)
+                .with_context(|| format!("{}: cannot tokenize", path.display()))?;
+            originals.push(t);
+        }
+        if a.complete_test > 0 {
+            let d = a.data.as_ref().context("--complete-test needs --data")?;
+            originals.extend(igpt::pretrain::tokenize_split(
+                d,
+                data::Split::Test,
+                &pal,
+                side,
+                a.complete_test,
+            )?);
+        }
+        for t in &originals {
+            for _ in 0..a.completions {
+                prefixes.push(t[..a.keep_rows * side].to_vec());
+            }
+        }
+    }
+    let w = sample::Weights::new(&ck);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
+    let t0 = std::time::Instant::now();
+    let out = sample::generate(&w, &prefixes, a.temperature, a.top_k, &mut rng)?;
+    let secs = t0.elapsed().as_secs_f64();
+    let rgb = |tokens: &[u16]| -> Result<Vec<u8>> {
+        let mut px = vec![0u8; tokens.len() * c];
+        pal.decode_tokens(tokens, &mut px)?;
+        data::convert_channels(&px, c, 3)
+    };
+    let rows: Vec<Vec<Vec<u8>>> = if !completing {
+        let cols = (a.n as f64).sqrt().ceil() as usize;
+        out.chunks(cols)
+            .map(|r| r.iter().map(|t| rgb(t)).collect::<Result<Vec<_>>>())
+            .collect::<Result<_>>()?
+    } else {
+        let mut rows = Vec::new();
+        for (i, orig) in originals.iter().enumerate() {
+            // The kept rows, the rest grey; then the completions; then the original.
+            let mut kept = rgb(orig)?;
+            kept[a.keep_rows * side * 3..].fill(128);
+            let mut row = vec![kept];
+            for t in &out[i * a.completions..(i + 1) * a.completions] {
+                row.push(rgb(t)?);
+            }
+            row.push(rgb(orig)?);
+            rows.push(row);
+        }
+        rows
+    };
+    igpt::io::write_image_grid(&a.out, &rows, side)?;
+    let generated: usize = prefixes.iter().map(|p| n - p.len()).sum();
+    println!(
+        "{}: {} images, {} sampled tokens in {:.2} s ({:.0} tokens/s, KV cache)",
+        a.out.display(),
+        out.len(),
+        generated,
+        secs,
+        generated as f64 / secs.max(1e-9)
+    );
+    Ok(())
 }
 
 fn set_threads(threads: Option<usize>) -> Result<()> {

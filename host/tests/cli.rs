@@ -554,7 +554,7 @@ fn pretrain_resume_from_a_corrupt_checkpoint_is_one_error_line() {
 }
 
 #[test]
-fn probe_writes_results_head_and_plot() {
+fn probe_and_sample_on_a_small_model() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("cifar");
     std::fs::create_dir(&data).unwrap();
@@ -642,6 +642,76 @@ fn probe_writes_results_head_and_plot() {
     ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     assert!(String::from_utf8_lossy(&r.stdout).contains("raw pixels: test accuracy"));
+    // Samples and completions from the same model: PNG grids of the expected size.
+    let grid = dir.path().join("samples.png");
+    let r = igpt(&[
+        "sample",
+        "--checkpoint",
+        s(&ck),
+        "--n",
+        "4",
+        "--seed",
+        "3",
+        "--out",
+        s(&grid),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(String::from_utf8_lossy(&r.stdout).contains("tokens/s"));
+    // 6x6 images enlarged 18x (108 px) in a 2x2 grid with 4 px gaps.
+    assert_eq!(image::open(&grid).unwrap().width(), 2 * 108 + 3 * 4);
+    let comp = dir.path().join("complete.png");
+    let r = igpt(&[
+        "sample",
+        "--checkpoint",
+        s(&ck),
+        "--data",
+        s(&data),
+        "--complete-test",
+        "2",
+        "--keep-rows",
+        "3",
+        "--completions",
+        "2",
+        "--out",
+        s(&comp),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let img = image::open(&comp).unwrap();
+    // Each row: kept rows, 2 completions, original.
+    assert_eq!(
+        (img.width(), img.height()),
+        (4 * 108 + 5 * 4, 2 * 108 + 3 * 4)
+    );
+    fails(
+        &[
+            "sample",
+            "--checkpoint",
+            s(&ck),
+            "--complete-test",
+            "2",
+            "--keep-rows",
+            "3",
+            "--out",
+            s(&comp),
+        ],
+        &["--data"],
+    );
+    fails(
+        &[
+            "sample",
+            "--checkpoint",
+            s(&ck),
+            "--data",
+            s(&data),
+            "--complete-test",
+            "1",
+            "--keep-rows",
+            "6",
+            "--out",
+            s(&comp),
+        ],
+        &["--keep-rows"],
+    );
     // Bad layer numbers are one clear line.
     fails(
         &[
