@@ -9,6 +9,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod finetune;
 pub mod hf;
 pub mod io;
 pub mod kernels;

@@ -40,9 +40,51 @@ enum Cmd {
     Probe(ProbeArgs),
     /// Sample images (KV-cached), or complete images from their top rows.
     Sample(SampleArgs),
+    /// Fine-tune a pretrained model on L_gen + L_clf with a class head, early stopping.
+    Finetune(FinetuneArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+#[derive(clap::Args)]
+struct FinetuneArgs {
+    /// Pretrained checkpoint (with its palette).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Dataset: the train split (90% fit, 10% validation), the test split at the end.
+    #[arg(long)]
+    data: PathBuf,
+    /// Most optimizer steps.
+    #[arg(long, default_value_t = 2000)]
+    steps: u64,
+    /// Images per step.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+    /// Peak learning rate (about 10x below pretraining).
+    #[arg(long, default_value_t = 3e-4)]
+    lr: f64,
+    /// Validation accuracy every N steps.
+    #[arg(long, default_value_t = 200)]
+    eval_every: u64,
+    /// Stop after this many evaluations without improvement.
+    #[arg(long, default_value_t = 3)]
+    patience: usize,
+    /// Use only the first N training images (0: all).
+    #[arg(long, default_value_t = 0)]
+    train_images: usize,
+    /// Use only the first N test images (0: all).
+    #[arg(long, default_value_t = 0)]
+    test_images: usize,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output folder: checkpoint.safetensors (with score.weight), finetune.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -397,6 +439,30 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Pretrain(a) => pretrain_cmd(a),
         Cmd::Sample(a) => sample_cmd(a),
+        Cmd::Finetune(a) => {
+            set_threads(a.threads)?;
+            let cfg = igpt::finetune::FinetuneConfig {
+                checkpoint: a.checkpoint,
+                data: a.data,
+                steps: a.steps,
+                batch: a.batch,
+                lr: a.lr,
+                eval_every: a.eval_every,
+                patience: a.patience.max(1),
+                limit: (a.train_images, a.test_images),
+                seed: a.seed,
+                out: a.out.clone(),
+            };
+            let s = igpt::finetune::finetune(&cfg, true)?;
+            println!(
+                "{}: {} steps, best validation accuracy {:.2}%, test accuracy {:.2}%",
+                igpt::finetune::checkpoint_path(&a.out).display(),
+                s.steps,
+                100.0 * s.val_accuracy,
+                100.0 * s.test_accuracy
+            );
+            Ok(())
+        }
         Cmd::Probe(a) => {
             set_threads(a.threads)?;
             let layers = if a.layers.iter().any(|l| l == "all") {
