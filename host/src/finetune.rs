@@ -59,10 +59,7 @@ fn class_logits<T: Tape<f32, Cpu>>(
     ids: &[usize],
     batch: usize,
     causal: bool,
-) -> (
-    Tensor<(usize, usize, usize), f32, Cpu, T>,
-    Tensor<(usize, usize), f32, Cpu, T>,
-) {
+) -> Tensor<(usize, usize), f32, Cpu, T> {
     let z = gpt.forward::<T>(
         ids,
         batch,
@@ -71,9 +68,8 @@ fn class_logits<T: Tape<f32, Cpu>>(
         Capture::default(),
         &mut Captures::default(),
     );
-    let pooled = z.retaped::<T>().mean::<_, Axis<1>>();
-    let logits = pooled.matmul(head.clone().permute::<_, Axes2<1, 0>>());
-    (z, logits)
+    z.mean::<_, Axis<1>>()
+        .matmul(head.clone().permute::<_, Axes2<1, 0>>())
 }
 
 fn accuracy(
@@ -87,7 +83,7 @@ fn accuracy(
     let mut right = 0;
     for (chunk, ys) in images.chunks(64).zip(labels.chunks(64)) {
         let ids = model_input(chunk, sos, causal);
-        let (_, logits) = class_logits::<NoneTape>(gpt, head, &ids, chunk.len(), causal);
+        let logits = class_logits::<NoneTape>(gpt, head, &ids, chunk.len(), causal);
         let l = logits.as_vec();
         let k = l.len() / chunk.len();
         for (row, &y) in l.chunks_exact(k).zip(ys) {
@@ -184,7 +180,7 @@ pub fn finetune(cfg: &FinetuneConfig, show_progress: bool) -> Result<FinetuneSum
         let l_gen = train::loss::<f32, Cpu, OwnedTape<f32, Cpu>>(&gpt, &batch);
         let owned: Vec<Vec<u16>> = imgs.iter().map(|s| s.to_vec()).collect();
         let ids = model_input(&owned, sos, causal);
-        let (_, logits) = class_logits::<OwnedTape<f32, Cpu>>(&gpt, &head, &ids, cfg.batch, causal);
+        let logits = class_logits::<OwnedTape<f32, Cpu>>(&gpt, &head, &ids, cfg.batch, causal);
         let labels: Tensor<(usize,), usize, Cpu> = dev.tensor_from_vec(
             pick.iter().map(|&i| train_y[i] as usize).collect(),
             (cfg.batch,),
