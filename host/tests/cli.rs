@@ -712,6 +712,29 @@ fn probe_and_sample_on_a_small_model() {
         ],
         &["--keep-rows"],
     );
+    // Fine-tuning writes a checkpoint with its class head and a JSON report.
+    let ft = dir.path().join("ft");
+    let r = igpt(&[
+        "finetune",
+        "--checkpoint",
+        s(&ck),
+        "--data",
+        s(&data),
+        "--steps",
+        "4",
+        "--batch",
+        "4",
+        "--eval-every",
+        "2",
+        "--out",
+        s(&ft),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let fck = igpt::checkpoint::Checkpoint::load(&ft.join("checkpoint.safetensors")).unwrap();
+    assert_eq!(fck.score.as_ref().map(|s| (s.rows, s.cols)), Some((10, 16)));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ft.join("finetune.json")).unwrap()).unwrap();
+    assert!((0.0..=1.0).contains(&json["test_accuracy"].as_f64().unwrap()));
     // Bad layer numbers are one clear line.
     fails(
         &[
