@@ -56,6 +56,62 @@ pub fn gemm(
     rhs_st: (usize, usize),
     scale: f32,
 ) {
+    gemm_checked(
+        m,
+        n,
+        k,
+        dst,
+        dst_st,
+        accumulate,
+        (lhs, lhs_st),
+        (rhs, rhs_st),
+        scale,
+        false,
+    )
+}
+
+/// [`gemm`] with scale 1, using rayon's threads inside the product (the large
+/// projections).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_par(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_st: (usize, usize),
+    accumulate: bool,
+    lhs: &[f32],
+    lhs_st: (usize, usize),
+    rhs: &[f32],
+    rhs_st: (usize, usize),
+) {
+    gemm_checked(
+        m,
+        n,
+        k,
+        dst,
+        dst_st,
+        accumulate,
+        (lhs, lhs_st),
+        (rhs, rhs_st),
+        1.0,
+        true,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemm_checked(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_st: (usize, usize),
+    accumulate: bool,
+    (lhs, lhs_st): (&[f32], (usize, usize)),
+    (rhs, rhs_st): (&[f32], (usize, usize)),
+    scale: f32,
+    parallel: bool,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -78,47 +134,7 @@ pub fn gemm(
             rhs,
             rhs_st,
             scale,
-            false,
-        )
-    }
-}
-
-/// [`gemm`] using rayon's threads inside the product (for the large projections).
-#[allow(clippy::too_many_arguments)]
-pub fn gemm_par(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: &mut [f32],
-    dst_st: (usize, usize),
-    accumulate: bool,
-    lhs: &[f32],
-    lhs_st: (usize, usize),
-    rhs: &[f32],
-    rhs_st: (usize, usize),
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    assert!(
-        span(m, n, dst_st.0, dst_st.1) <= dst.len(),
-        "gemm: dst view out of bounds"
-    );
-    // Safety: as in `gemm`.
-    unsafe {
-        gemm_raw(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            dst_st,
-            accumulate,
-            lhs,
-            lhs_st,
-            rhs,
-            rhs_st,
-            1.0,
-            true,
+            parallel,
         )
     }
 }

@@ -425,7 +425,7 @@ pub trait Kernels<E: Float>: Device<E> {
         fused: bool,
     ) -> Act<E, Self, T> {
         let _ = fused;
-        linear(quick_gelu(linear(m, w_fc, false)), w_proj, false)
+        mlp(m, w_fc, w_proj)
     }
     /// Self-attention: the q, k, v projections of `a` and multi-head attention, before
     /// the output projection.
@@ -440,10 +440,7 @@ pub trait Kernels<E: Float>: Device<E> {
         fused: bool,
     ) -> Act<E, Self, T> {
         let _ = fused;
-        let q = linear(a.retaped::<T>(), wq, false);
-        let k = linear(a.retaped::<T>(), wk, false);
-        let v = linear(a, wv, false);
-        attention(q, k, v, heads, causal)
+        self_attention(a, wq, wk, wv, heads, causal)
     }
     /// `-Σ weight · log softmax(z · headᵀ)[target]` for `z (B, T, C)`, head `(V, C)`.
     fn head_loss<T: Tape<E, Self>>(
@@ -481,6 +478,30 @@ pub fn cross_entropy<E: Float, D: Device<E>, T: Tape<E, D>>(
     (logits.log_softmax::<Axis<2>>().select(target) * w)
         .sum()
         .negate()
+}
+
+/// The reference MLP: `quick_gelu(m · W_fc) · W_proj`.
+pub fn mlp<E: Float, D: Device<E>, T: Tape<E, D>>(
+    m: Act<E, D, T>,
+    w_fc: &Param<E, D>,
+    w_proj: &Param<E, D>,
+) -> Act<E, D, T> {
+    linear(quick_gelu(linear(m, w_fc, false)), w_proj, false)
+}
+
+/// The reference self-attention: q, k, v projections of `a`, then [`attention`].
+pub fn self_attention<E: Float, D: Device<E>, T: Tape<E, D>>(
+    a: Act<E, D, T>,
+    wq: &Param<E, D>,
+    wk: &Param<E, D>,
+    wv: &Param<E, D>,
+    heads: usize,
+    causal: bool,
+) -> Act<E, D, T> {
+    let q = linear(a.retaped::<T>(), wq, false);
+    let k = linear(a.retaped::<T>(), wk, false);
+    let v = linear(a, wv, false);
+    attention(q, k, v, heads, causal)
 }
 
 /// The reference linear layer: dfdx's matmul.
@@ -531,7 +552,7 @@ impl Kernels<f32> for Cpu {
         if fused {
             crate::kernels::mlp(m, w_fc, w_proj)
         } else {
-            linear(quick_gelu(linear(m, w_fc, false)), w_proj, false)
+            mlp(m, w_fc, w_proj)
         }
     }
     fn self_attention<T: Tape<f32, Self>>(
@@ -546,10 +567,7 @@ impl Kernels<f32> for Cpu {
         if fused {
             crate::kernels::self_attention(a, wq, wk, wv, heads, causal)
         } else {
-            let q = linear(a.retaped::<T>(), wq, false);
-            let k = linear(a.retaped::<T>(), wk, false);
-            let v = linear(a, wv, false);
-            attention(q, k, v, heads, causal)
+            self_attention(a, wq, wk, wv, heads, causal)
         }
     }
     fn head_loss<T: Tape<f32, Self>>(

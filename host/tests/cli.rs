@@ -480,31 +480,37 @@ fn import_hf_and_refuse_biases() {
     );
 }
 
-#[test]
-fn pretrain_resume_from_a_corrupt_checkpoint_is_one_error_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("cifar");
+/// A CIFAR-10 folder holding the 20 sample images as train and test batch, and a grey
+/// palette of `k` colours fitted on it at `side`.
+fn cifar_and_palette(dir: &Path, k: &str, side: &str) -> (PathBuf, PathBuf) {
+    let data = dir.join("cifar");
     std::fs::create_dir(&data).unwrap();
     let src = shared().join("data/cifar10-sample/test_batch.bin");
     std::fs::copy(&src, data.join("data_batch_1.bin")).unwrap();
     std::fs::copy(&src, data.join("test_batch.bin")).unwrap();
-    let pal = dir.path().join("p.pal");
-    assert!(igpt(&[
+    let pal = dir.join("p.pal");
+    let fit = [
         "palette",
         "fit",
         "--data",
         s(&data),
         "--k",
-        "4",
+        k,
         "--channels",
         "1",
         "--side",
-        "4",
+        side,
         "--out",
-        s(&pal)
-    ])
-    .status
-    .success());
+        s(&pal),
+    ];
+    assert!(igpt(&fit).status.success());
+    (data, pal)
+}
+
+#[test]
+fn pretrain_resume_from_a_corrupt_checkpoint_is_one_error_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, pal) = cifar_and_palette(dir.path(), "4", "4");
     let run = dir.path().join("run");
     let args = [
         "pretrain",
@@ -556,28 +562,7 @@ fn pretrain_resume_from_a_corrupt_checkpoint_is_one_error_line() {
 #[test]
 fn probe_and_sample_on_a_small_model() {
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("cifar");
-    std::fs::create_dir(&data).unwrap();
-    let src = shared().join("data/cifar10-sample/test_batch.bin");
-    std::fs::copy(&src, data.join("data_batch_1.bin")).unwrap();
-    std::fs::copy(&src, data.join("test_batch.bin")).unwrap();
-    let pal = dir.path().join("p.pal");
-    assert!(igpt(&[
-        "palette",
-        "fit",
-        "--data",
-        s(&data),
-        "--k",
-        "8",
-        "--channels",
-        "1",
-        "--side",
-        "6",
-        "--out",
-        s(&pal)
-    ])
-    .status
-    .success());
+    let (data, pal) = cifar_and_palette(dir.path(), "8", "6");
     let run = dir.path().join("run");
     let r = igpt(&[
         "pretrain",

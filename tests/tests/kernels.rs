@@ -104,7 +104,7 @@ fn mlp_matches_reference() {
         let out = if fused {
             kernels::mlp(mt, &fc, &pr)
         } else {
-            model::linear(model::quick_gelu(model::linear(mt, &fc, false)), &pr, false)
+            model::mlp(mt, &fc, &pr)
         };
         let ov = out.retaped::<NoneTape>().as_vec();
         let grads = (out * r.clone()).sum().backward();
@@ -141,10 +141,7 @@ fn self_attention_matches_reference() {
             let out = if fused {
                 kernels::self_attention(at, &ws[0], &ws[1], &ws[2], h, causal)
             } else {
-                let q = model::linear(at.retaped(), &ws[0], false);
-                let k = model::linear(at.retaped(), &ws[1], false);
-                let v = model::linear(at, &ws[2], false);
-                model::attention(q, k, v, h, causal)
+                model::self_attention(at, &ws[0], &ws[1], &ws[2], h, causal)
             };
             let ov = out.retaped::<NoneTape>().as_vec();
             let grads = (out * r.clone()).sum().backward();
