@@ -266,25 +266,12 @@ impl Checkpoint {
             );
         }
         let read = |name: &str, rows: usize, cols: usize| -> Result<Mat> {
-            let t = st
-                .tensor(name)
-                .map_err(|_| anyhow!("missing tensor {name}"))?;
+            let (shape, data) = f32_tensor(&st, name)?;
+            let n: usize = shape.iter().product();
             ensure!(
-                t.dtype() == StDtype::F32,
-                "{name} is {:?}, expected F32",
-                t.dtype()
+                n == rows * cols && shape.len() <= 2 && (shape.len() == 2 || rows == 1),
+                "{name} has shape {shape:?}, expected [{rows}, {cols}]"
             );
-            let n: usize = t.shape().iter().product();
-            ensure!(
-                n == rows * cols && t.shape().len() <= 2 && (t.shape().len() == 2 || rows == 1),
-                "{name} has shape {:?}, expected [{rows}, {cols}]",
-                t.shape()
-            );
-            let data = t
-                .data()
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
             Ok(Mat { rows, cols, data })
         };
         let shapes = Gpt::<f32, Cpu>::param_shapes(&config);
@@ -357,6 +344,24 @@ impl Checkpoint {
         }
         Ok(ck)
     }
+}
+
+/// An `F32` tensor of a safetensors file: its shape and values.
+pub fn f32_tensor(st: &SafeTensors, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
+    let t = st
+        .tensor(name)
+        .map_err(|_| anyhow!("missing tensor {name}"))?;
+    ensure!(
+        t.dtype() == StDtype::F32,
+        "{name} is {:?}, expected F32",
+        t.dtype()
+    );
+    let data = t
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok((t.shape().to_vec(), data))
 }
 
 /// Streaming CRC-32 (the same polynomial as `igpt_core::crc32`).

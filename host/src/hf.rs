@@ -5,12 +5,12 @@
 //! layout. iGPT has no biases: HF stores them as exact zeros, and a non-zero bias is
 //! refused rather than silently dropped. `score.weight` (a classifier's head) is kept.
 
-use crate::checkpoint::{Checkpoint, Mat};
+use crate::checkpoint::{f32_tensor, Checkpoint, Mat};
 use crate::model::Gpt;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use dfdx::prelude::Cpu;
 use igpt_core::Config;
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 use std::path::Path;
 
 /// The model shape of an HF ImageGPT `config.json` (the dict itself or a fixture's JSON
@@ -70,23 +70,6 @@ pub fn config_from_json(text: &str) -> Result<Config> {
     Config::new(vocab - 1, side, d, heads, layers).map_err(|e| anyhow!("{e}"))
 }
 
-fn tensor(st: &SafeTensors, name: &str) -> Result<(Vec<usize>, Vec<f32>)> {
-    let t = st
-        .tensor(name)
-        .map_err(|_| anyhow!("missing tensor {name}"))?;
-    ensure!(
-        t.dtype() == Dtype::F32,
-        "{name} is {:?}; only F32 checkpoints are read",
-        t.dtype()
-    );
-    let data = t
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    Ok((t.shape().to_vec(), data))
-}
-
 fn expect_shape(name: &str, got: &[usize], want: &[usize]) -> Result<()> {
     ensure!(got == want, "{name} has shape {got:?}, expected {want:?}");
     Ok(())
@@ -94,7 +77,7 @@ fn expect_shape(name: &str, got: &[usize], want: &[usize]) -> Result<()> {
 
 fn check_zero_bias(st: &SafeTensors, name: &str) -> Result<()> {
     if st.names().contains(&name) {
-        let (_, b) = tensor(st, name)?;
+        let (_, b) = f32_tensor(st, name)?;
         let max = b.iter().fold(0f32, |m, x| m.max(x.abs()));
         if max != 0.0 {
             bail!("{name} is non-zero (max |b| = {max:e}); iGPT has no biases and this model would not be reproduced");
@@ -110,7 +93,7 @@ pub fn import(config: Config, weights: &[u8]) -> Result<Checkpoint> {
     let d = config.width;
     let mat = |rows: usize, cols: usize, data: Vec<f32>| Mat { rows, cols, data };
     let load = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
-        let (s, v) = tensor(&st, name)?;
+        let (s, v) = f32_tensor(&st, name)?;
         expect_shape(name, &s, shape)?;
         Ok(v)
     };
@@ -164,7 +147,7 @@ pub fn import(config: Config, weights: &[u8]) -> Result<Checkpoint> {
     };
     out.push(mat(config.vocab, d, lm_head));
     let score = if names.contains(&"score.weight") {
-        let (s, v) = tensor(&st, "score.weight")?;
+        let (s, v) = f32_tensor(&st, "score.weight")?;
         ensure!(
             s.len() == 2 && s[1] == d,
             "score.weight has shape {s:?}, expected [labels, {d}]"
