@@ -6,7 +6,7 @@
 use crate::checkpoint::{Checkpoint, Mat};
 use crate::data::Split;
 use crate::kernels;
-use crate::model::{Capture, Captures, Gpt, Objective};
+use crate::model::{Capture, Captures, Gpt, Kernels, Objective};
 use crate::train::{self, AdamConfig, AdamW};
 use anyhow::{ensure, Context, Result};
 use dfdx::prelude::*;
@@ -176,11 +176,38 @@ pub fn finetune(cfg: &FinetuneConfig, show_progress: bool) -> Result<FinetuneSum
             .collect();
         let imgs: Vec<&[u16]> = pick.iter().map(|&i| train_x[i].as_slice()).collect();
         let batch = train::make_batch(&imgs, sos, objective, &mut rng);
-        // L_gen on the objective's batch, L_clf on the clean images.
-        let l_gen = train::loss::<f32, Cpu, OwnedTape<f32, Cpu>>(&gpt, &batch);
-        let owned: Vec<Vec<u16>> = imgs.iter().map(|s| s.to_vec()).collect();
-        let ids = model_input(&owned, sos, causal);
-        let logits = class_logits::<OwnedTape<f32, Cpu>>(&gpt, &head, &ids, cfg.batch, causal);
+        // L_gen on the objective's batch, L_clf on the clean images. For AR both read the
+        // same input, so one forward pass serves both losses.
+        let (l_gen, logits) = if causal {
+            let z = gpt.forward::<OwnedTape<f32, Cpu>>(
+                &batch.input,
+                cfg.batch,
+                true,
+                None,
+                Capture::default(),
+                &mut Captures::default(),
+            );
+            let logits = z
+                .retaped::<OwnedTape<f32, Cpu>>()
+                .mean::<_, Axis<1>>()
+                .matmul(head.clone().permute::<_, Axes2<1, 0>>());
+            let l_gen = <Cpu as Kernels<f32>>::head_loss(
+                z,
+                &gpt.lm_head,
+                &batch.target,
+                &batch.weight,
+                gpt.fused,
+            );
+            (l_gen, logits)
+        } else {
+            let l_gen = train::loss::<f32, Cpu, OwnedTape<f32, Cpu>>(&gpt, &batch);
+            let owned: Vec<Vec<u16>> = imgs.iter().map(|s| s.to_vec()).collect();
+            let ids = model_input(&owned, sos, causal);
+            (
+                l_gen,
+                class_logits::<OwnedTape<f32, Cpu>>(&gpt, &head, &ids, cfg.batch, causal),
+            )
+        };
         let labels: Tensor<(usize,), usize, Cpu> = dev.tensor_from_vec(
             pick.iter().map(|&i| train_y[i] as usize).collect(),
             (cfg.batch,),

@@ -149,7 +149,11 @@ struct ProbeArgs {
     #[arg(long, default_value_t = 0)]
     test_images: usize,
     /// L2 strengths to choose from on a 10% validation split.
-    #[arg(long, value_delimiter = ',', default_value = "0.1,0.01,0.001,0.0001")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0.1,0.01,0.001,0.0001,0.00001"
+    )]
     l2: Vec<f64>,
     /// Images per forward pass.
     #[arg(long, default_value_t = 64)]

@@ -398,7 +398,7 @@ pub struct ProbeConfig {
 impl Default for ProbeConfig {
     fn default() -> Self {
         ProbeConfig {
-            l2_grid: vec![1e-1, 1e-2, 1e-3, 1e-4],
+            l2_grid: vec![1e-1, 1e-2, 1e-3, 1e-4, 1e-5],
             tol: 1e-4,
             max_iters: 1000,
             seed: 0,
