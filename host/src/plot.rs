@@ -287,7 +287,8 @@ pub fn line_plot(
         black,
     );
     // Series and legend.
-    for (k, s) in series.iter().enumerate() {
+    let mut legend_x = LEFT as i64;
+    for s in series {
         let p: Vec<(i64, i64)> = s
             .points
             .iter()
@@ -306,10 +307,12 @@ pub fn line_plot(
                 }
             }
         }
-        let ly = TOP as i64 + 12 + 18 * k as i64;
-        let lx = (W - RIGHT) as i64 - 20 - text_width(&s.label) as i64 - 30;
+        // Legend entries side by side in the top margin, clear of the data.
+        let ly = TOP as i64 - 16;
+        let lx = legend_x;
         cv.line((lx, ly + 4), (lx + 22, ly + 4), s.color, 3);
         cv.text(lx + 28, ly, &s.label, black);
+        legend_x += 28 + text_width(&s.label) as i64 + 24;
     }
     crate::io::write_png(path, W, H, 3, &cv.px)
 }
