@@ -248,10 +248,11 @@ pub fn finetune(cfg: &FinetuneConfig, show_progress: bool) -> Result<FinetuneSum
         bar.set_message(format!("loss {value:.3}"));
         if steps % cfg.eval_every == 0 || steps == cfg.steps {
             let acc = accuracy(&gpt, &head, &val_x, &val_y, causal);
-            bar.println(format!(
-                "step {steps}: validation accuracy {:.2}%",
-                100.0 * acc
-            ));
+            crate::progress::note(
+                &bar,
+                show_progress,
+                format!("step {steps}: validation accuracy {:.2}%", 100.0 * acc),
+            );
             if acc > best.0 {
                 best = (acc, steps);
                 since_best = 0;
@@ -265,10 +266,14 @@ pub fn finetune(cfg: &FinetuneConfig, show_progress: bool) -> Result<FinetuneSum
             } else {
                 since_best += 1;
                 if since_best >= cfg.patience {
-                    bar.println(format!(
-                        "no better validation accuracy for {} evaluations: stopping",
-                        cfg.patience
-                    ));
+                    crate::progress::note(
+                        &bar,
+                        show_progress,
+                        format!(
+                            "no better validation accuracy for {} evaluations: stopping",
+                            cfg.patience
+                        ),
+                    );
                     break;
                 }
             }

@@ -355,10 +355,14 @@ pub fn pretrain(
                 elapsed_s: t0.elapsed().as_secs_f64(),
             };
             if show_progress {
-                bar.println(format!(
+                crate::progress::note(
+                    &bar,
+                    show_progress,
+                    format!(
                     "step {done}: train {:.4} bits/dim, validation {:.4} bits/dim, {:.0} tokens/s",
                     row.train_bpd, row.val_bpd, row.tokens_per_s
-                ));
+                ),
+                );
             }
             last = Summary {
                 steps: done,

@@ -631,7 +631,7 @@ pub fn run(r: &ProbeRun, show_progress: bool) -> anyhow::Result<Vec<(usize, Laye
                 ck.config.layers
             );
             let res = probe_features(&ftr[l], &tr_y, &fte[l], &te_y, n_classes, &r.cfg);
-            bar.println(format!(
+            crate::progress::note(&bar, show_progress, format!(
                 "layer {l}: test accuracy {:.2}% (L2 {:e}, validation {:.2}%, {} L-BFGS iterations, |grad| {:.1e})",
                 100.0 * res.test_accuracy,
                 res.l2,

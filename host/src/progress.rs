@@ -22,3 +22,16 @@ pub fn bar(len: u64, what: &str, show: bool) -> ProgressBar {
     bar.set_prefix(what.to_string());
     bar
 }
+
+/// When `show`, prints a line above the bar, or on standard error when the bar is hidden
+/// (output redirected to a file), so that logs keep the line either way.
+pub fn note(bar: &ProgressBar, show: bool, msg: impl AsRef<str>) {
+    if !show {
+        return;
+    }
+    if bar.is_hidden() {
+        eprintln!("{}", msg.as_ref());
+    } else {
+        bar.println(msg.as_ref());
+    }
+}
