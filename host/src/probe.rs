@@ -19,7 +19,9 @@ pub fn features<D: Kernels<f32>>(
     images: &[Vec<u16>],
     batch: usize,
     causal: bool,
+    show_progress: bool,
 ) -> Vec<Vec<Vec<f32>>> {
+    let bar = crate::progress::bar(images.len() as u64, "features", show_progress);
     let layers = gpt.config.layers + 1;
     let mut out: Vec<Vec<Vec<f32>>> = vec![Vec::with_capacity(images.len()); layers];
     let sos = gpt.config.sos();
@@ -45,7 +47,9 @@ pub fn features<D: Kernels<f32>>(
             let d = v.len() / chunk.len();
             out[l].extend(v.chunks_exact(d).map(|r| r.to_vec()));
         }
+        bar.inc(chunk.len() as u64);
     }
+    bar.finish_and_clear();
     out
 }
 
@@ -609,8 +613,8 @@ pub fn run(r: &ProbeRun, show_progress: bool) -> anyhow::Result<Vec<(usize, Laye
         let dev = dfdx::prelude::Cpu::default();
         let gpt: Gpt<f32, dfdx::prelude::Cpu> = ck.model(&dev);
         let t0 = std::time::Instant::now();
-        let ftr = features(&gpt, &tr_tok, r.batch, !objective);
-        let fte = features(&gpt, &te_tok, r.batch, !objective);
+        let ftr = features(&gpt, &tr_tok, r.batch, !objective, show_progress);
+        let fte = features(&gpt, &te_tok, r.batch, !objective, show_progress);
         if show_progress {
             eprintln!(
                 "features of {} + {} images from one forward pass each: {:.1} s",
