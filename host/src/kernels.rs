@@ -32,7 +32,12 @@ use rayon::prelude::*;
 pub fn read<S: Shape, T>(t: &Tensor<S, f32, Cpu, T>) -> Vec<f32> {
     let mut v = vec![0f32; t.shape().num_elements()];
     t.copy_into(&mut v);
-    debug_assert!(v == t.as_vec(), "read: tensor is not contiguous");
+    debug_assert!(
+        v.iter()
+            .zip(t.as_vec())
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "read: tensor is not contiguous"
+    );
     v
 }
 
