@@ -74,40 +74,27 @@ impl Canvas {
     }
 
     fn text(&mut self, x: i64, y: i64, s: &str, c: [u8; 3]) {
-        for (i, ch) in s.chars().enumerate() {
-            let rows = glyph(ch);
-            for (r, bits) in rows.iter().enumerate() {
-                for col in 0..3 {
-                    if bits & (0b100 >> col) != 0 {
-                        for oy in 0..SCALE {
-                            for ox in 0..SCALE {
-                                self.set(
-                                    x + (i * 4 * SCALE + col * SCALE + ox) as i64,
-                                    y + (r * SCALE + oy) as i64,
-                                    c,
-                                );
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        self.glyphs(x, y, s, c, false);
     }
 
     /// Text drawn bottom-to-top (for the y-axis label).
     fn text_vertical(&mut self, x: i64, y: i64, s: &str, c: [u8; 3]) {
+        self.glyphs(x, y, s, c, true);
+    }
+
+    /// Draws `s` from `(x, y)`: left to right, or bottom to top when `vertical`.
+    fn glyphs(&mut self, x: i64, y: i64, s: &str, c: [u8; 3], vertical: bool) {
         for (i, ch) in s.chars().enumerate() {
-            let rows = glyph(ch);
-            for (r, bits) in rows.iter().enumerate() {
-                for col in 0..3 {
-                    if bits & (0b100 >> col) != 0 {
-                        for oy in 0..SCALE {
-                            for ox in 0..SCALE {
-                                self.set(
-                                    x + (r * SCALE + ox) as i64,
-                                    y - (i * 4 * SCALE + col * SCALE + oy) as i64,
-                                    c,
-                                );
+            for (r, bits) in glyph(ch).iter().enumerate() {
+                for col in (0..3).filter(|col| bits & (0b100 >> col) != 0) {
+                    for o1 in 0..SCALE {
+                        for o2 in 0..SCALE {
+                            let along = (i * 4 * SCALE + col * SCALE + o1) as i64;
+                            let across = (r * SCALE + o2) as i64;
+                            if vertical {
+                                self.set(x + across, y - along, c);
+                            } else {
+                                self.set(x + along, y + across, c);
                             }
                         }
                     }
