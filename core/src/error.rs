@@ -66,6 +66,39 @@ pub enum Error {
     TrailingBytes(usize),
     /// A preset name is not known.
     UnknownPreset,
+    /// Bytes that should be an int8 model file do not start with its magic.
+    NotAModel,
+    /// An int8 model file of a format version this build does not read.
+    ModelVersion {
+        /// The version in the file.
+        found: u16,
+        /// The version this build reads.
+        supported: u16,
+    },
+    /// An int8 model file whose fields contradict each other or its config.
+    Malformed(&'static str),
+    /// A model file's shape differs from the one the caller was built for.
+    ConfigMismatch {
+        /// The field that differs.
+        what: &'static str,
+        /// The caller's value.
+        expected: usize,
+        /// The file's value.
+        got: usize,
+    },
+    /// The model file has no linear-probe head.
+    NoProbe,
+    /// The model file stops at the probe layer: it has no next-token head.
+    NoHead,
+    /// A layer index beyond the model's (or the file's) layers.
+    BadLayer {
+        /// The layer asked for.
+        layer: usize,
+        /// The largest valid layer.
+        max: usize,
+    },
+    /// KV-cached sampling needs a causal (AR) model.
+    NotCausal,
 }
 
 /// `core::result::Result` with [`Error`].
@@ -109,6 +142,40 @@ impl fmt::Display for Error {
             ),
             Error::TrailingBytes(n) => write!(f, "{n} unexpected bytes after the end of the data"),
             Error::UnknownPreset => write!(f, "unknown preset (known: S, M, L, cpu, fw, test)"),
+            Error::NotAModel => write!(
+                f,
+                "not an igpt int8 model file (wrong magic); write one with `igpt export`"
+            ),
+            Error::ModelVersion { found, supported } => write!(
+                f,
+                "model file format version {found}, this build reads version {supported}: \
+                 export the model again with this version of `igpt export`"
+            ),
+            Error::Malformed(what) => write!(f, "malformed model file: {what}"),
+            Error::ConfigMismatch {
+                what,
+                expected,
+                got,
+            } => write!(
+                f,
+                "model file has {what} {got}, this program was built for {expected}: \
+                 export a model of this shape or rebuild with the file's config"
+            ),
+            Error::NoProbe => write!(
+                f,
+                "model file has no probe head: export it with `igpt export --probe probe-head.json`"
+            ),
+            Error::NoHead => write!(
+                f,
+                "model file stops at the probe layer (--upto-probe-layer): no next-token head"
+            ),
+            Error::BadLayer { layer, max } => {
+                write!(f, "layer {layer} is out of range (0..={max})")
+            }
+            Error::NotCausal => write!(
+                f,
+                "the model is bidirectional (BERT): next-token sampling needs an AR model"
+            ),
         }
     }
 }

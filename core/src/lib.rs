@@ -21,9 +21,17 @@
 pub mod config;
 pub mod crc;
 pub mod error;
+pub mod format;
+pub mod kernels;
+pub mod model;
 pub mod palette;
+pub mod quant;
+pub mod state;
+pub mod weights;
 
 pub use config::{Config, Preset};
 pub use crc::crc32;
 pub use error::{Error, Result};
+pub use model::{Model, Prediction};
 pub use palette::Palette;
+pub use state::{kv_f32_len, scratch_f32_len, scratch_i8_len, KvCache, Scratch};

@@ -216,28 +216,8 @@ unsafe fn gemm_raw(
     }
 }
 
-/// `exp(x)` to within ~2 ulp for x in [-87, 88], written so that loops over it vectorise
-/// with baseline SSE2 (no branches, no calls: rounding by the 1.5·2²³ trick, no
-/// `mul_add`); inputs are clamped to [-87, 88].
-#[inline(always)]
-pub fn fast_exp(x: f32) -> f32 {
-    const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23
-    let x = x.clamp(-87.0, 88.0);
-    // exp(x) = 2^n · exp(r), n = round(x / ln 2), r = x - n·ln 2 in [-ln2/2, ln2/2].
-    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
-    let r = x - n * 0.693_145_75;
-    let r = r - n * 1.428_606_8e-6;
-    // Degree-6 Taylor polynomial of exp on the reduced range (error < 3e-8 relative).
-    let p = 1.0 / 720.0;
-    let p = p * r + 1.0 / 120.0;
-    let p = p * r + 1.0 / 24.0;
-    let p = p * r + 1.0 / 6.0;
-    let p = p * r + 0.5;
-    let p = p * r + 1.0;
-    let p = p * r + 1.0;
-    let bits = ((n as i32 + 127) as u32) << 23;
-    p * f32::from_bits(bits)
-}
+/// `exp(x)` to within ~2 ulp, vectorisable: igpt-core's (one implementation for both).
+pub use igpt_core::kernels::fast_exp;
 
 // ---------------------------------------------------------------------------------------
 // Linear layers

@@ -3,14 +3,17 @@
 //! - [`data`]: CIFAR-10, IDX (MNIST, Fashion-MNIST) and image-folder loaders, area resize.
 //! - [`palette`]: k-means palette fitting, OpenAI `.npy` import, palette files, swatches.
 //! - [`model_args`]: the model-shape flags shared by every subcommand that builds a model.
+//! - [`export`]: int8 model files (`igpt export`); [`int8`]: running them with igpt-core.
 //! - [`io`]: atomic file writes and PNG output; [`progress`]: progress bars.
 //!
 //! The `igpt` binary (`src/main.rs`) only parses arguments and calls into these modules.
 
 pub mod checkpoint;
 pub mod data;
+pub mod export;
 pub mod finetune;
 pub mod hf;
+pub mod int8;
 pub mod io;
 pub mod kernels;
 pub mod model;

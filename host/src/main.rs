@@ -42,9 +42,76 @@ enum Cmd {
     Sample(SampleArgs),
     /// Fine-tune a pretrained model on L_gen + L_clf with a class head, early stopping.
     Finetune(FinetuneArgs),
+    /// Write an int8 model file (postcard, CRC-32) for igpt-core and firmware.
+    Export(ExportArgs),
+    /// Classify image files with an int8 model file (igpt-core's path).
+    Classify(ClassifyArgs),
+    /// int8 probe accuracy on a test split; with --checkpoint also f32, agreement and NLL.
+    Eval(EvalArgs),
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// Checkpoint (with its palette).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Probe head written by `igpt probe` (probe-head.json).
+    #[arg(long)]
+    probe: Option<PathBuf>,
+    /// Keep only the blocks the probe needs (no next-token head): a smaller file.
+    #[arg(long)]
+    upto_probe_layer: bool,
+    /// Output model file.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct ClassifyArgs {
+    /// int8 model file with a probe head.
+    #[arg(long)]
+    model: PathBuf,
+    /// Image files (any size; centre-cropped and resized to the model's side).
+    #[arg(required = true)]
+    images: Vec<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct EvalArgs {
+    /// int8 model file with a probe head.
+    #[arg(long)]
+    model: PathBuf,
+    /// Dataset (its test split is evaluated).
+    #[arg(long)]
+    data: PathBuf,
+    /// The f32 checkpoint the file was exported from: adds f32 accuracy, agreement, NLL.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Use only the first N test images (0: all).
+    #[arg(long, default_value_t = 0)]
+    limit: usize,
+    /// Test images for the bits/dim comparison (AR models with a head).
+    #[arg(long, default_value_t = 1000)]
+    nll_images: usize,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(clap::Args)]
+struct BenchInferArgs {
+    /// int8 model file with a probe head.
+    #[arg(long)]
+    model: PathBuf,
+    /// Random images to time.
+    #[arg(long, default_value_t = 64)]
+    images: usize,
+    /// Images per f32 forward (the f32 side is batched; the core runs one at a time).
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
 }
 
 #[derive(clap::Args)]
@@ -171,6 +238,9 @@ enum BenchCmd {
     /// Training throughput (forward + backward + AdamW) on random tokens; the last line
     /// is `tokens_per_s=<number>`.
     Train(BenchTrainArgs),
+    /// Probe inference, one thread: igpt-core int8 vs the f32 dfdx forward of the same
+    /// weights; the last line is `speedup=<number>`.
+    Infer(BenchInferArgs),
 }
 
 #[derive(clap::Args)]
@@ -516,6 +586,10 @@ fn run(cli: Cli) -> Result<()> {
             println!("results: {}", a.out.join("probe.json").display());
             Ok(())
         }
+        Cmd::Export(a) => export_cmd(a),
+        Cmd::Classify(a) => classify_cmd(a),
+        Cmd::Eval(a) => eval_cmd(a),
+        Cmd::Bench(BenchCmd::Infer(a)) => bench_infer_cmd(a),
         Cmd::Bench(BenchCmd::Train(a)) => {
             set_threads(a.threads)?;
             let mut model = a.model.clone();
@@ -667,6 +741,119 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
         secs,
         generated as f64 / secs.max(1e-9)
     );
+    Ok(())
+}
+
+fn export_cmd(a: ExportArgs) -> Result<()> {
+    let ck = Checkpoint::load(&a.checkpoint)?;
+    let head = match &a.probe {
+        Some(p) => Some(igpt::export::ProbeHead::load(p, ck.config.width)?),
+        None => None,
+    };
+    let (bytes, r) = igpt::export::export(&ck, head.as_ref(), a.upto_probe_layer)
+        .with_context(|| a.checkpoint.display().to_string())?;
+    igpt::io::write_atomic(&a.out, &bytes)?;
+    let c = ck.config;
+    println!(
+        "{}: {} bytes ({:.3} of the model's {} f32 bytes), {} of {} blocks{}{}",
+        a.out.display(),
+        r.bytes,
+        r.bytes as f64 / r.f32_bytes as f64,
+        r.f32_bytes,
+        r.stored_layers,
+        c.layers,
+        head.as_ref().map_or(String::new(), |h| format!(
+            ", probe on layer {} ({} classes)",
+            h.layer,
+            h.classes.len()
+        )),
+        if r.stored_layers == c.layers { ", next-token head" } else { "" },
+    );
+    if let Some((name, abs, rel)) = r.worst() {
+        println!(
+            "worst quantization error: {name}: max |w - q*s| = {abs:.3e} ({:.2}% of its max |w|)",
+            100.0 * rel
+        );
+    }
+    Ok(())
+}
+
+fn classify_cmd(a: ClassifyArgs) -> Result<()> {
+    let bytes = igpt::export::read_model(&a.model)?;
+    let model = igpt_core::Model::parse(&bytes)?;
+    let c = *model.config();
+    let mut buf = igpt::int8::Buffers::new(&c);
+    for path in &a.images {
+        let tokens = igpt::int8::image_tokens(&model, path)?;
+        let mut s = buf.scratch(&c)?;
+        let p = igpt::int8::classify(&model, &tokens, &mut s)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", a.model.display()))?;
+        let name = model.class_name(p.class);
+        println!(
+            "{}: class {} {} (p = {:.3})",
+            path.display(),
+            p.class,
+            if name.is_empty() { "-" } else { name },
+            p.probs.get(p.class).copied().unwrap_or(0.0)
+        );
+    }
+    Ok(())
+}
+
+fn eval_cmd(a: EvalArgs) -> Result<()> {
+    set_threads(a.threads)?;
+    let bytes = igpt::export::read_model(&a.model)?;
+    let model = igpt_core::Model::parse(&bytes)?;
+    let ck = match &a.checkpoint {
+        Some(p) => Some(Checkpoint::load(p)?),
+        None => None,
+    };
+    let r = igpt::int8::eval(&model, &a.data, ck.as_ref(), a.limit, a.nll_images, true)?;
+    println!("images={}", r.images);
+    println!("int8_accuracy={:.4}", r.int8_accuracy);
+    if let (Some(f), Some(g)) = (r.f32_accuracy, r.agreement) {
+        println!("f32_accuracy={f:.4}");
+        println!("accuracy_drop_points={:.2}", 100.0 * (f - r.int8_accuracy));
+        println!("agreement={g:.4}");
+    }
+    if let Some((b8, b32)) = r.bits {
+        println!("int8_bits_per_dim={b8:.4}");
+        if let Some(b) = b32 {
+            println!("f32_bits_per_dim={b:.4}");
+            println!("nll_increase_percent={:.2}", 100.0 * (b8 / b - 1.0));
+        }
+    }
+    Ok(())
+}
+
+fn bench_infer_cmd(a: BenchInferArgs) -> Result<()> {
+    use rand::{Rng, SeedableRng};
+    ensure!(a.images > 0, "--images must be positive");
+    set_threads(Some(1))?;
+    let bytes = igpt::export::read_model(&a.model)?;
+    let model = igpt_core::Model::parse(&bytes)?;
+    let c = *model.config();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let images: Vec<Vec<u16>> = (0..a.images)
+        .map(|_| {
+            (0..c.seq_len())
+                .map(|_| rng.gen_range(0..c.vocab as u16))
+                .collect()
+        })
+        .collect();
+    let (int8, f32s) = igpt::int8::bench(&model, &images, a.batch)?;
+    let (layer, classes) = model.probe().unwrap_or((0, 0));
+    println!(
+        "bench infer: {}x{}, width {}, probe layer {layer} ({} MMAC per image), {} images, 1 thread",
+        c.side,
+        c.side,
+        c.width,
+        c.probe_macs(layer, classes) / 1_000_000,
+        a.images
+    );
+    println!("int8 igpt-core: {int8:.2} images/s (one image at a time)");
+    println!("f32 dfdx:       {f32s:.2} images/s (batch {})", a.batch);
+    println!("speedup={:.2}", int8 / f32s);
     Ok(())
 }
 

@@ -1,0 +1,231 @@
+//! The int8 forward pass's operations as free functions, outputs first.
+//!
+//! `matmul_q` is the fast kernel (four weight rows per pass over an input row, so each
+//! input row is read once per four outputs); `matmul_q_ref` is its plain twin, and a test
+//! checks they agree exactly (both sum in i32, so they must). Everything else has one
+//! plain version. Dimension letters: R rows (positions), C inputs, O outputs.
+
+use crate::quant::f32_at;
+use crate::weights::QMat;
+
+/// `Σ a_i · b_i` in i32; `b` holds int8 bit patterns.
+#[inline(always)]
+pub fn dot_i8(a: &[i8], b: &[u8]) -> i32 {
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| x as i32 * (y as i8) as i32)
+        .sum()
+}
+
+/// `out (R, O) [+]= (xq (R, C) · wᵀ) ⊙ xs ⊗ w.scales`: an int8 product summed in i32,
+/// scaled once per output. `add`: accumulate into `out` (a residual) instead of writing.
+#[inline(always)]
+pub fn matmul_q(out: &mut [f32], xq: &[i8], xs: &[f32], w: &QMat<'_>, add: bool) {
+    let (o, c) = (w.rows, w.cols);
+    if o == 0 || c == 0 {
+        return;
+    }
+    let mut r0 = 0;
+    let mut rows = w.data.chunks_exact(c);
+    // Four weight rows at a time.
+    while r0 + 4 <= o {
+        let (Some(w0), Some(w1), Some(w2), Some(w3)) =
+            (rows.next(), rows.next(), rows.next(), rows.next())
+        else {
+            return;
+        };
+        let s = [
+            w.scale(r0),
+            w.scale(r0 + 1),
+            w.scale(r0 + 2),
+            w.scale(r0 + 3),
+        ];
+        for ((xr, &sx), orow) in xq.chunks_exact(c).zip(xs).zip(out.chunks_exact_mut(o)) {
+            let (mut a0, mut a1, mut a2, mut a3) = (0i32, 0i32, 0i32, 0i32);
+            for ((((&x, &b0), &b1), &b2), &b3) in xr.iter().zip(w0).zip(w1).zip(w2).zip(w3) {
+                let x = x as i32;
+                a0 += x * (b0 as i8) as i32;
+                a1 += x * (b1 as i8) as i32;
+                a2 += x * (b2 as i8) as i32;
+                a3 += x * (b3 as i8) as i32;
+            }
+            if let Some(dst) = orow.get_mut(r0..r0 + 4) {
+                for ((d, a), s) in dst.iter_mut().zip([a0, a1, a2, a3]).zip(s) {
+                    let v = a as f32 * sx * s;
+                    *d = if add { *d + v } else { v };
+                }
+            }
+        }
+        r0 += 4;
+    }
+    for (r, wr) in (r0..o).zip(rows) {
+        let s = w.scale(r);
+        for ((xr, &sx), orow) in xq.chunks_exact(c).zip(xs).zip(out.chunks_exact_mut(o)) {
+            if let Some(d) = orow.get_mut(r) {
+                let v = dot_i8(xr, wr) as f32 * sx * s;
+                *d = if add { *d + v } else { v };
+            }
+        }
+    }
+}
+
+/// The plain twin of [`matmul_q`]: one output at a time.
+pub fn matmul_q_ref(out: &mut [f32], xq: &[i8], xs: &[f32], w: &QMat<'_>, add: bool) {
+    let (o, c) = (w.rows, w.cols);
+    if o == 0 || c == 0 {
+        return;
+    }
+    for ((xr, &sx), orow) in xq.chunks_exact(c).zip(xs).zip(out.chunks_exact_mut(o)) {
+        for ((r, d), wr) in orow.iter_mut().enumerate().zip(w.data.chunks_exact(c)) {
+            let v = dot_i8(xr, wr) as f32 * sx * w.scale(r);
+            *d = if add { *d + v } else { v };
+        }
+    }
+}
+
+/// RMS norm of one row: `out = x / sqrt(mean(x²) + eps) · g` (`g`: f32 LE bytes).
+#[inline(always)]
+pub fn rmsnorm(out: &mut [f32], x: &[f32], gain: &[u8]) {
+    let n = x.len().max(1) as f32;
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / n;
+    let inv = 1.0 / libm::sqrtf(ms + crate::model::NORM_EPS);
+    for (i, (o, &v)) in out.iter_mut().zip(x).enumerate() {
+        *o = v * inv * f32_at(gain, i);
+    }
+}
+
+/// `exp(x)` to within ~2 ulp for x in [-87, 88] (inputs are clamped to that range),
+/// written so that loops over it vectorise: no branches, no calls, rounding by the
+/// 1.5·2²³ trick. Its reference twin is `libm::expf` (see the tests). The host's fused
+/// training kernels use this same function.
+#[inline(always)]
+pub fn fast_exp(x: f32) -> f32 {
+    const ROUND: f32 = 12_582_912.0; // 1.5 · 2^23
+    let x = x.clamp(-87.0, 88.0);
+    // exp(x) = 2^n · exp(r), n = round(x / ln 2), r = x - n·ln 2 in [-ln2/2, ln2/2].
+    let n = (x * core::f32::consts::LOG2_E + ROUND) - ROUND;
+    let r = x - n * 0.693_145_75;
+    let r = r - n * 1.428_606_8e-6;
+    // Degree-6 Taylor polynomial of exp on the reduced range (error < 3e-8 relative).
+    let p = 1.0 / 720.0;
+    let p = p * r + 1.0 / 120.0;
+    let p = p * r + 1.0 / 24.0;
+    let p = p * r + 1.0 / 6.0;
+    let p = p * r + 0.5;
+    let p = p * r + 1.0;
+    let p = p * r + 1.0;
+    let bits = ((n as i32 + 127) as u32) << 23;
+    p * f32::from_bits(bits)
+}
+
+/// quick_gelu in place: `x · σ(1.702 x)`.
+#[inline(always)]
+pub fn quick_gelu(x: &mut [f32]) {
+    for v in x.iter_mut() {
+        *v /= 1.0 + fast_exp(-crate::model::QUICK_GELU * *v);
+    }
+}
+
+/// Softmax in place (max subtracted first).
+#[inline(always)]
+pub fn softmax(x: &mut [f32]) {
+    let m = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0.0;
+    for v in x.iter_mut() {
+        *v = fast_exp(*v - m);
+        sum += *v;
+    }
+    let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// `Σ a_i · b_i` in f32, summed in 8 interleaved lanes (so the loop vectorises; the
+/// order differs from a left-to-right sum by rounding only).
+#[inline(always)]
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for ((s, p), q) in acc.iter_mut().zip(x).zip(y) {
+            *s += p * q;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_matmul_equals_reference() {
+        // 7 outputs (a block of four and three left over), 37 inputs, 5 rows.
+        let (o, c, r) = (7usize, 37usize, 5usize);
+        let mut bytes = vec![0u8; crate::format::qmat_bytes(o, c)];
+        let w: Vec<f32> = (0..o * c).map(|i| ((i * 29 % 53) as f32 - 26.0) / 9.0).collect();
+        crate::quant::write_qmat(&w, o, c, &mut bytes).unwrap();
+        let m = QMat::from_bytes(&bytes, o, c).unwrap();
+        let xq: Vec<i8> = (0..r * c).map(|i| ((i * 17 % 255) as i32 - 127) as i8).collect();
+        let xs: Vec<f32> = (0..r).map(|i| 0.01 * (i + 1) as f32).collect();
+        for add in [false, true] {
+            let mut a = vec![0.5f32; r * o];
+            let mut b = a.clone();
+            matmul_q(&mut a, &xq, &xs, &m, add);
+            matmul_q_ref(&mut b, &xq, &xs, &m, add);
+            assert_eq!(a, b);
+        }
+        // A hand-computed element: row 0, output 0.
+        let mut a = vec![0f32; r * o];
+        matmul_q(&mut a, &xq, &xs, &m, false);
+        let acc: i32 = (0..c).map(|i| xq[i] as i32 * bytes[o * 4 + i] as i8 as i32).sum();
+        assert_eq!(a[0], acc as f32 * xs[0] * m.scale(0));
+    }
+
+    #[test]
+    fn fast_exp_matches_libm() {
+        let mut worst: f32 = 0.0;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (a, b) = (fast_exp(x), libm::expf(x));
+            worst = worst.max(((a - b) / b).abs());
+            x += 0.0137;
+        }
+        assert!(worst < 5e-7, "relative error {worst}");
+        assert_eq!(fast_exp(-1000.0), fast_exp(-87.0));
+        assert_eq!(fast_exp(0.0), 1.0);
+    }
+
+    #[test]
+    fn lane_dot_equals_plain_sum_on_exact_values() {
+        // Small integers: every partial sum is exact, so the order cannot matter.
+        let a: Vec<f32> = (0..37).map(|i| (i % 7) as f32 - 3.0).collect();
+        let b: Vec<f32> = (0..37).map(|i| (i % 5) as f32).collect();
+        let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert_eq!(dot_f32(&a, &b), plain);
+    }
+
+    #[test]
+    fn small_ops_exact() {
+        let mut s = [0.0f32, 0.0, 0.0, 0.0];
+        softmax(&mut s);
+        assert_eq!(s, [0.25; 4]);
+        let mut g = [0.0f32, 1.0];
+        quick_gelu(&mut g);
+        assert_eq!(g[0], 0.0);
+        assert!((g[1] - 1.0 / (1.0 + (-1.702f32).exp())).abs() < 1e-6);
+        let mut o = [0f32; 2];
+        let gain: Vec<u8> = [2.0f32, 1.0].iter().flat_map(|v| v.to_le_bytes()).collect();
+        rmsnorm(&mut o, &[3.0, 4.0], &gain);
+        let inv = 1.0 / (12.5f32 + 1e-5).sqrt();
+        assert_eq!(o, [6.0 * inv, 4.0 * inv]);
+        assert_eq!(dot_i8(&[1, -2, 3], &[255, 2, 127]), -1 - 4 + 381);
+    }
+}

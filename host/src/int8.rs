@@ -1,0 +1,279 @@
+//! Running igpt-core's int8 model on the host: `classify`, `eval` and `bench infer`.
+
+use crate::checkpoint::Checkpoint;
+use crate::export::{dequantized, is_bert, ProbeHead};
+use crate::model::{Capture, Captures, Gpt};
+use anyhow::{Context, Result};
+use dfdx::prelude::{Cpu, NoneTape};
+use igpt_core::{scratch_f32_len, scratch_i8_len, Config, Model, Prediction, Scratch};
+use multiversion::multiversion;
+use rayon::prelude::*;
+use std::path::Path;
+
+/// Caller-side buffers for one forward pass of a config.
+pub struct Buffers {
+    f: Vec<f32>,
+    q: Vec<i8>,
+}
+
+impl Buffers {
+    /// Buffers sized by core's `const fn`s.
+    pub fn new(c: &Config) -> Buffers {
+        Buffers {
+            f: vec![0.0; scratch_f32_len(c)],
+            q: vec![0; scratch_i8_len(c)],
+        }
+    }
+
+    /// The core's view.
+    pub fn scratch(&mut self, c: &Config) -> Result<Scratch<'_>> {
+        Ok(Scratch::new(c, &mut self.f, &mut self.q)?)
+    }
+}
+
+/// `model.classify` compiled for the best vector extension this CPU has (igpt-core's
+/// forward is `#[inline(always)]` down to its kernels, so all of it is recompiled here);
+/// the same code as the portable path, so results are identical bit for bit.
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl+avx512vnni", "x86_64+avx2+fma"))]
+pub fn classify(
+    model: &Model<'_>,
+    image: &[u16],
+    s: &mut Scratch<'_>,
+) -> igpt_core::Result<Prediction> {
+    model.classify(image, s)
+}
+
+/// `model.logits`, dispatched like [`classify`].
+#[multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl+avx512vnni", "x86_64+avx2+fma"))]
+pub fn logits(
+    model: &Model<'_>,
+    image: &[u16],
+    s: &mut Scratch<'_>,
+    out: &mut [f32],
+) -> igpt_core::Result<()> {
+    model.logits(image, s, out)
+}
+
+/// Reads an image file and tokenizes it at the model's resolution with its palette.
+pub fn image_tokens(model: &Model<'_>, path: &Path) -> Result<Vec<u16>> {
+    let img = crate::data::read_image(path)?;
+    let side = model.config().side;
+    let px = crate::data::square_resize(&img.rgb, img.width, img.height, 3, side);
+    let px = crate::data::convert_channels(&px, 3, model.palette().channels())?;
+    let mut t = vec![0u16; side * side];
+    model
+        .palette()
+        .tokenize(&px, &mut t)
+        .with_context(|| format!("{}: cannot tokenize", path.display()))?;
+    Ok(t)
+}
+
+/// Classifies every image with the core (in parallel, one scratch per task).
+pub fn classify_all(model: &Model<'_>, images: &[Vec<u16>]) -> Result<Vec<Prediction>> {
+    let c = *model.config();
+    images
+        .par_iter()
+        .map_init(
+            || Buffers::new(&c),
+            |b, img| -> Result<Prediction> {
+                let mut s = b.scratch(&c)?;
+                Ok(classify(model, img, &mut s)?)
+            },
+        )
+        .collect()
+}
+
+/// Probe features of one layer in f32 (dfdx forward, batched).
+pub fn f32_features(
+    gpt: &Gpt<f32, Cpu>,
+    images: &[Vec<u16>],
+    layer: usize,
+    causal: bool,
+    show: bool,
+) -> Vec<Vec<f32>> {
+    let mut f = crate::probe::features(gpt, images, 64, causal, show);
+    std::mem::take(&mut f[layer])
+}
+
+/// Next-token cross-entropy of AR int8 logits on images, in bits per pixel.
+pub fn int8_bits_per_dim(model: &Model<'_>, images: &[Vec<u16>]) -> Result<f64> {
+    let c = *model.config();
+    let (n, k) = (c.seq_len(), c.vocab);
+    let nats: Vec<f64> = images
+        .par_iter()
+        .map_init(
+            || (Buffers::new(&c), vec![0f32; n * k]),
+            |(b, lg), img| -> Result<f64> {
+                let mut s = b.scratch(&c)?;
+                logits(model, img, &mut s, lg)?;
+                Ok(lg
+                    .chunks_exact(k)
+                    .zip(img)
+                    .map(|(row, &t)| {
+                        let m = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+                        let lse = m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+                        lse - row[t as usize] as f64
+                    })
+                    .sum::<f64>())
+            },
+        )
+        .collect::<Result<_>>()?;
+    Ok(nats.iter().sum::<f64>() / (images.len() * n).max(1) as f64 / std::f64::consts::LN_2)
+}
+
+/// What `igpt eval` measured.
+#[derive(Debug, Clone)]
+pub struct EvalReport {
+    /// Test images.
+    pub images: usize,
+    /// int8 accuracy.
+    pub int8_accuracy: f64,
+    /// f32 accuracy (with the checkpoint).
+    pub f32_accuracy: Option<f64>,
+    /// Fraction of images where int8 and f32 predict the same class.
+    pub agreement: Option<f64>,
+    /// Bits per dim of int8 / f32 on the NLL images (AR models with a head).
+    pub bits: Option<(f64, Option<f64>)>,
+}
+
+/// int8 accuracy on the test split; with the f32 checkpoint (and the probe head exported
+/// into the file, as JSON), the f32 accuracy, agreement and NLL of both.
+pub fn eval(
+    model: &Model<'_>,
+    data: &Path,
+    checkpoint: Option<&Checkpoint>,
+    limit: usize,
+    nll_images: usize,
+    show: bool,
+) -> Result<EvalReport> {
+    let c = *model.config();
+    let (layer, _) = model.probe().context("the model file has no probe head")?;
+    let ds = crate::data::load(data, crate::data::Split::Test, Some(c.side))?;
+    let ds = if limit > 0 { ds.truncate(limit) } else { ds };
+    let ds = ds.with_channels(model.palette().channels())?;
+    let images: Vec<Vec<u16>> = (0..ds.len())
+        .map(|i| {
+            let mut t = vec![0u16; c.seq_len()];
+            model.palette().tokenize(ds.image(i), &mut t).map(|_| t)
+        })
+        .collect::<Result<_, _>>()?;
+    let t0 = std::time::Instant::now();
+    let preds = classify_all(model, &images)?;
+    if show {
+        eprintln!(
+            "int8: {} images in {:.1} s",
+            images.len(),
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    let acc = |p: &[usize]| {
+        p.iter()
+            .zip(&ds.labels)
+            .filter(|(a, b)| **a == **b as usize)
+            .count() as f64
+            / p.len().max(1) as f64
+    };
+    let p8: Vec<usize> = preds.iter().map(|p| p.class).collect();
+    let mut report = EvalReport {
+        images: images.len(),
+        int8_accuracy: acc(&p8),
+        f32_accuracy: None,
+        agreement: None,
+        bits: None,
+    };
+    let nll_set = &images[..nll_images.min(images.len())];
+    let bits8 = if model.has_head() && model.causal() && !nll_set.is_empty() {
+        Some(int8_bits_per_dim(model, nll_set)?)
+    } else {
+        None
+    };
+    if let Some(ck) = checkpoint {
+        let head = &ProbeHead::from_model(model).context("the model file has no probe head")?;
+        anyhow::ensure!(
+            ck.config == c,
+            "the checkpoint's shape differs from the model file's"
+        );
+        let gpt: Gpt<f32, Cpu> = ck.model(&Cpu::default());
+        let causal = !is_bert(ck);
+        let feats = f32_features(&gpt, &images, layer, causal, show);
+        let p32: Vec<usize> = feats
+            .iter()
+            .map(|f| {
+                let s = head.scores(f);
+                (0..s.len()).fold(0, |b, i| if s[i] > s[b] { i } else { b })
+            })
+            .collect();
+        report.f32_accuracy = Some(acc(&p32));
+        report.agreement = Some(
+            p8.iter().zip(&p32).filter(|(a, b)| a == b).count() as f64 / p8.len().max(1) as f64,
+        );
+        if bits8.is_some() {
+            let refs: Vec<&[u16]> = nll_set.iter().map(|v| v.as_slice()).collect();
+            let nats = crate::train::evaluate(
+                &gpt,
+                &refs,
+                32,
+                crate::model::Objective::Ar,
+                &mut rand::rngs::mock::StepRng::new(0, 0),
+            );
+            report.bits = Some((bits8.unwrap_or(0.0), Some(nats / std::f64::consts::LN_2)));
+        }
+    } else if let Some(b) = bits8 {
+        report.bits = Some((b, None));
+    }
+    Ok(report)
+}
+
+/// `bench infer`: images/s of the core's int8 probe forward (one image at a time) and of
+/// the f32 dfdx forward of the same model (the file's weights dequantized; batched), on
+/// the current thread pool. Returns (int8, f32) images/s.
+pub fn bench(model: &Model<'_>, images: &[Vec<u16>], batch: usize) -> Result<(f64, f64)> {
+    let c = *model.config();
+    let (layer, _) = model.probe().context("the model file has no probe head")?;
+    let mut b = Buffers::new(&c);
+    let mut s = b.scratch(&c)?;
+    // Warm up once each.
+    classify(model, &images[0], &mut s)?;
+    let t0 = std::time::Instant::now();
+    let mut sink = 0usize;
+    for img in images {
+        sink += classify(model, img, &mut s)?.class;
+    }
+    let int8 = images.len() as f64 / t0.elapsed().as_secs_f64();
+    // f32: the stored blocks only, so both stop at the probe layer.
+    let mut gpt = dequantized(model)?;
+    if layer < gpt.h.len() {
+        gpt.ln_f = gpt.h[layer].ln_1.clone();
+        gpt.h.truncate(layer);
+        gpt.config.layers = layer.max(1);
+    }
+    let run = |imgs: &[Vec<u16>]| {
+        for chunk in imgs.chunks(batch.max(1)) {
+            let ids: Vec<usize> = chunk
+                .iter()
+                .flat_map(|img| -> Vec<usize> {
+                    if model.causal() {
+                        std::iter::once(c.sos())
+                            .chain(img[..img.len() - 1].iter().map(|&t| t as usize))
+                            .collect()
+                    } else {
+                        img.iter().map(|&t| t as usize).collect()
+                    }
+                })
+                .collect();
+            let mut caps = Captures::default();
+            let cap = Capture {
+                hidden: false,
+                probe: true,
+            };
+            let _ = gpt.forward::<NoneTape>(&ids, chunk.len(), model.causal(), None, cap, &mut caps);
+            std::hint::black_box(&caps);
+        }
+    };
+    run(&images[..batch.min(images.len())]);
+    let t0 = std::time::Instant::now();
+    run(images);
+    let f32s = images.len() as f64 / t0.elapsed().as_secs_f64();
+    std::hint::black_box(sink);
+    Ok((int8, f32s))
+}
