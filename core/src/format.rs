@@ -42,11 +42,13 @@ pub struct Shape {
 impl Shape {
     /// The shape of a config (fields that do not fit give an error).
     pub fn from_config(c: &Config) -> Result<Shape> {
-        let small = |v: usize, what: &'static str| u16::try_from(v).map_err(|_| Error::Malformed(what));
+        let small =
+            |v: usize, what: &'static str| u16::try_from(v).map_err(|_| Error::Malformed(what));
         Ok(Shape {
             vocab: small(c.vocab, "vocab does not fit 16 bits")?,
             side: small(c.side, "side does not fit 16 bits")?,
-            width: u32::try_from(c.width).map_err(|_| Error::Malformed("width does not fit 32 bits"))?,
+            width: u32::try_from(c.width)
+                .map_err(|_| Error::Malformed("width does not fit 32 bits"))?,
             heads: small(c.heads, "heads do not fit 16 bits")?,
             layers: small(c.layers, "layers do not fit 16 bits")?,
         })
@@ -166,7 +168,8 @@ impl Layout {
         let blocks = wpe.saturating_add(qmat_bytes(c.seq_len(), d));
         let tail = blocks.saturating_add(block.saturating_mul(stored));
         let total = if full {
-            tail.saturating_add(gain).saturating_add(qmat_bytes(c.vocab, d))
+            tail.saturating_add(gain)
+                .saturating_add(qmat_bytes(c.vocab, d))
         } else {
             tail.saturating_add(gain)
         };
@@ -216,16 +219,22 @@ pub fn check(h: &Header<'_>) -> Result<Config> {
         }
         let d4 = c.width.saturating_mul(4);
         if p.mean.len() != d4 || p.std.len() != d4 {
-            return Err(Error::Malformed("probe standardisation length differs from width"));
+            return Err(Error::Malformed(
+                "probe standardisation length differs from width",
+            ));
         }
         if p.weight.len() != d4.saturating_mul(k) || p.bias.len() != k.saturating_mul(4) {
-            return Err(Error::Malformed("probe weight length differs from classes x width"));
+            return Err(Error::Malformed(
+                "probe weight length differs from classes x width",
+            ));
         }
         if !p.labels.is_empty() && p.labels.split('\n').count() != k {
             return Err(Error::Malformed("probe label count differs from classes"));
         }
     } else if !full {
-        return Err(Error::Malformed("a file cut at the probe layer has no probe"));
+        return Err(Error::Malformed(
+            "a file cut at the probe layer has no probe",
+        ));
     }
     let layout = Layout::new(&c, stored, full);
     if h.tensors.len() != layout.total {

@@ -170,10 +170,14 @@ mod tests {
         // 7 outputs (a block of four and three left over), 37 inputs, 5 rows.
         let (o, c, r) = (7usize, 37usize, 5usize);
         let mut bytes = vec![0u8; crate::format::qmat_bytes(o, c)];
-        let w: Vec<f32> = (0..o * c).map(|i| ((i * 29 % 53) as f32 - 26.0) / 9.0).collect();
+        let w: Vec<f32> = (0..o * c)
+            .map(|i| ((i * 29 % 53) as f32 - 26.0) / 9.0)
+            .collect();
         crate::quant::write_qmat(&w, o, c, &mut bytes).unwrap();
         let m = QMat::from_bytes(&bytes, o, c).unwrap();
-        let xq: Vec<i8> = (0..r * c).map(|i| ((i * 17 % 255) as i32 - 127) as i8).collect();
+        let xq: Vec<i8> = (0..r * c)
+            .map(|i| ((i * 17 % 255) as i32 - 127) as i8)
+            .collect();
         let xs: Vec<f32> = (0..r).map(|i| 0.01 * (i + 1) as f32).collect();
         for add in [false, true] {
             let mut a = vec![0.5f32; r * o];
@@ -185,7 +189,9 @@ mod tests {
         // A hand-computed element: row 0, output 0.
         let mut a = vec![0f32; r * o];
         matmul_q(&mut a, &xq, &xs, &m, false);
-        let acc: i32 = (0..c).map(|i| xq[i] as i32 * bytes[o * 4 + i] as i8 as i32).sum();
+        let acc: i32 = (0..c)
+            .map(|i| xq[i] as i32 * bytes[o * 4 + i] as i8 as i32)
+            .sum();
         assert_eq!(a[0], acc as f32 * xs[0] * m.scale(0));
     }
 

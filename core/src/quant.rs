@@ -135,7 +135,10 @@ mod tests {
         let s = quantize_row(&x, &mut q);
         assert_eq!(s, 2.0 / 127.0);
         assert_eq!(q, [0, 64, -127, 32, 127]); // 63.5 rounds away from zero
-        assert_eq!([round_q(0.5), round_q(-0.5), round_q(1.49), round_q(300.0)], [1, -1, 1, 127]);
+        assert_eq!(
+            [round_q(0.5), round_q(-0.5), round_q(1.49), round_q(300.0)],
+            [1, -1, 1, 127]
+        );
         assert_eq!([round_q(-300.0), round_q(f32::NAN)], [-127, 0]);
         let mut z = [5i8; 3];
         assert_eq!(quantize_row(&[0.0; 3], &mut z), 0.0);
@@ -144,13 +147,17 @@ mod tests {
 
     #[test]
     fn matrix_error_is_at_most_half_a_step() {
-        let w: Vec<f32> = (0..600).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        let w: Vec<f32> = (0..600)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
         let (rows, cols) = (2, 300);
         let mut out = vec![0u8; crate::format::qmat_bytes(rows, cols)];
         let worst = write_qmat(&w, rows, cols, &mut out).unwrap();
         for r in 0..rows {
             let s = f32_at(&out, r);
-            let amax = w[r * cols..][..cols].iter().fold(0f32, |m, v| m.max(v.abs()));
+            let amax = w[r * cols..][..cols]
+                .iter()
+                .fold(0f32, |m, v| m.max(v.abs()));
             assert_eq!(s, amax / 127.0);
             for c in 0..cols {
                 let q = out[rows * 4 + r * cols + c] as i8;

@@ -87,7 +87,11 @@ impl ProbeHead {
         );
         ensure!(
             h.std.iter().all(|s| s.is_finite() && *s > 0.0)
-                && h.mean.iter().chain(&h.weight).chain(&h.bias).all(|x| x.is_finite()),
+                && h.mean
+                    .iter()
+                    .chain(&h.weight)
+                    .chain(&h.bias)
+                    .all(|x| x.is_finite()),
             "{p}: non-finite or non-positive standard deviation values"
         );
         ensure!(
@@ -203,15 +207,20 @@ pub fn export(
     let mut at = 0usize;
     let names = Gpt::<f32, dfdx::prelude::Cpu>::param_shapes(&c);
     ensure!(ck.weights.len() == names.len(), "checkpoint tensor count");
-    let mut put_mat = |name: &str, w: &[f32], rows: usize, cols: usize, at: &mut usize| -> Result<()> {
-        let n = format::qmat_bytes(rows, cols);
-        let err = write_qmat(w, rows, cols, &mut blob[*at..*at + n])
-            .with_context(|| format!("{name}: cannot quantize"))?;
-        let amax = w.iter().fold(0f32, |m, v| m.max(v.abs()));
-        errors.push((name.to_string(), err, if amax > 0.0 { err / amax } else { 0.0 }));
-        *at += n;
-        Ok(())
-    };
+    let mut put_mat =
+        |name: &str, w: &[f32], rows: usize, cols: usize, at: &mut usize| -> Result<()> {
+            let n = format::qmat_bytes(rows, cols);
+            let err = write_qmat(w, rows, cols, &mut blob[*at..*at + n])
+                .with_context(|| format!("{name}: cannot quantize"))?;
+            let amax = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+            errors.push((
+                name.to_string(),
+                err,
+                if amax > 0.0 { err / amax } else { 0.0 },
+            ));
+            *at += n;
+            Ok(())
+        };
     let w = &ck.weights;
     put_mat(&names[0].0, &w[0].data, w[0].rows, w[0].cols, &mut at)?;
     put_mat(&names[1].0, &w[1].data, w[1].rows, w[1].cols, &mut at)?;
@@ -234,7 +243,13 @@ pub fn export(
         gains.push((at, lnf.data.clone()));
         at += 4 * c.width;
         let head_m = &w[3 + 8 * c.layers];
-        put_mat("lm_head.weight", &head_m.data, head_m.rows, head_m.cols, &mut at)?;
+        put_mat(
+            "lm_head.weight",
+            &head_m.data,
+            head_m.rows,
+            head_m.cols,
+            &mut at,
+        )?;
     } else {
         gains.push((at, w[2 + 8 * stored].data.clone()));
         at += 4 * c.width;
@@ -333,9 +348,19 @@ pub fn dequantized(model: &Model<'_>) -> Result<Gpt<f32, dfdx::prelude::Cpu>> {
         Ok((_, h)) => mat(h, false),
         Err(_) => vec![0f32; c.vocab * d],
     });
-    let cfg = Config { layers: stored.max(1), ..c };
-    ensure!(stored > 0, "the file stores no blocks (probe layer 0): nothing to run in f32");
-    Ok(Gpt::from_values(&dfdx::prelude::Cpu::default(), cfg, values))
+    let cfg = Config {
+        layers: stored.max(1),
+        ..c
+    };
+    ensure!(
+        stored > 0,
+        "the file stores no blocks (probe layer 0): nothing to run in f32"
+    );
+    Ok(Gpt::from_values(
+        &dfdx::prelude::Cpu::default(),
+        cfg,
+        values,
+    ))
 }
 
 /// Reads and parses a model file, naming the file in any error.

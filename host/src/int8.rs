@@ -34,7 +34,10 @@ impl Buffers {
 /// `model.classify` compiled for the best vector extension this CPU has (igpt-core's
 /// forward is `#[inline(always)]` down to its kernels, so all of it is recompiled here);
 /// the same code as the portable path, so results are identical bit for bit.
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl+avx512vnni", "x86_64+avx2+fma"))]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512dq+avx512vl+avx512vnni",
+    "x86_64+avx2+fma"
+))]
 pub fn classify(
     model: &Model<'_>,
     image: &[u16],
@@ -44,7 +47,10 @@ pub fn classify(
 }
 
 /// `model.logits`, dispatched like [`classify`].
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl+avx512vnni", "x86_64+avx2+fma"))]
+#[multiversion(targets(
+    "x86_64+avx512f+avx512bw+avx512dq+avx512vl+avx512vnni",
+    "x86_64+avx2+fma"
+))]
 pub fn logits(
     model: &Model<'_>,
     image: &[u16],
@@ -266,7 +272,8 @@ pub fn bench(model: &Model<'_>, images: &[Vec<u16>], batch: usize) -> Result<(f6
                 hidden: false,
                 probe: true,
             };
-            let _ = gpt.forward::<NoneTape>(&ids, chunk.len(), model.causal(), None, cap, &mut caps);
+            let _ =
+                gpt.forward::<NoneTape>(&ids, chunk.len(), model.causal(), None, cap, &mut caps);
             std::hint::black_box(&caps);
         }
     };

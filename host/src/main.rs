@@ -767,7 +767,11 @@ fn export_cmd(a: ExportArgs) -> Result<()> {
             h.layer,
             h.classes.len()
         )),
-        if r.stored_layers == c.layers { ", next-token head" } else { "" },
+        if r.stored_layers == c.layers {
+            ", next-token head"
+        } else {
+            ""
+        },
     );
     if let Some((name, abs, rel)) = r.worst() {
         println!(

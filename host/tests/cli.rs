@@ -613,6 +613,89 @@ fn probe_and_sample_on_a_small_model() {
         assert!((0.0..=1.0).contains(&acc));
     }
     assert!(out.join("probe.png").is_file() && out.join("probe-head.json").is_file());
+    // int8 export, then the core path: classify, eval against the f32 checkpoint, bench.
+    let model = dir.path().join("m.igpt");
+    let head = out.join("probe-head.json");
+    let r = igpt(&[
+        "export",
+        "--checkpoint",
+        s(&ck),
+        "--probe",
+        s(&head),
+        "--out",
+        s(&model),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(String::from_utf8_lossy(&r.stdout).contains("worst quantization error"));
+    let png = dir.path().join("x.png");
+    write_png(&png, 9, 7);
+    let r = igpt(&["classify", "--model", s(&model), s(&png)]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(String::from_utf8_lossy(&r.stdout).contains("x.png: class "));
+    let r = igpt(&[
+        "eval",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--checkpoint",
+        s(&ck),
+    ]);
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    for key in [
+        "int8_accuracy=",
+        "f32_accuracy=",
+        "agreement=",
+        "nll_increase_percent=",
+    ] {
+        assert!(stdout.contains(key), "{stdout}");
+    }
+    let r = igpt(&["bench", "infer", "--model", s(&model), "--images", "2"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let last = String::from_utf8_lossy(&r.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .to_string();
+    assert!(last.starts_with("speedup="), "{last}");
+    // Bad inputs: a corrupt model file, a palette as a model, a broken probe head.
+    let mut b = std::fs::read(&model).unwrap();
+    let mid = b.len() / 2;
+    b[mid] ^= 4;
+    let bad = dir.path().join("bad.igpt");
+    std::fs::write(&bad, &b).unwrap();
+    fails(
+        &["classify", "--model", s(&bad), s(&png)],
+        &["bad.igpt", "checksum"],
+    );
+    fails(
+        &["classify", "--model", s(&pal), s(&png)],
+        &["p.pal", "igpt export"],
+    );
+    std::fs::write(&bad, &b[..b.len() / 3]).unwrap();
+    fails(
+        &["eval", "--model", s(&bad), "--data", s(&data)],
+        &["bad.igpt"],
+    );
+    let badhead = dir.path().join("head.json");
+    std::fs::write(&badhead, "{\"layer\": 1, \"classes\": [\"a\"]}").unwrap();
+    fails(
+        &[
+            "export",
+            "--checkpoint",
+            s(&ck),
+            "--probe",
+            s(&badhead),
+            "--out",
+            s(&bad),
+        ],
+        &["head.json", "mean"],
+    );
+    fails(
+        &["classify", "--model", s(&model), s(&pal)],
+        &["p.pal", "not a readable image"],
+    );
     // The raw-pixel baseline through the same code path.
     let raw = dir.path().join("raw");
     let r = igpt(&[
