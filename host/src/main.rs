@@ -42,8 +42,14 @@ enum Cmd {
     Sample(SampleArgs),
     /// Fine-tune a pretrained model on L_gen + L_clf with a class head, early stopping.
     Finetune(FinetuneArgs),
+    /// Write a seeded, untrained checkpoint (and optionally a seeded probe head): shapes
+    /// for benchmarks and firmware tests without training.
+    Init(InitArgs),
     /// Write an int8 model file (postcard, CRC-32) for igpt-core and firmware.
     Export(ExportArgs),
+    /// Write test vectors for firmware: test images' tokens, labels and the host core's
+    /// int8 prediction for each.
+    ExportVectors(VectorsArgs),
     /// Classify image files with an int8 model file (igpt-core's path).
     Classify(ClassifyArgs),
     /// int8 probe accuracy on a test split; with --checkpoint also f32, agreement and NLL.
@@ -51,6 +57,47 @@ enum Cmd {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+#[derive(clap::Args)]
+struct InitArgs {
+    /// Palette file; its size is the model's k.
+    #[arg(long)]
+    palette: PathBuf,
+    /// Model shape: a preset (default fw) and overrides.
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Seed of the weights (the paper's initialisation).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Output checkpoint.
+    #[arg(long)]
+    out: PathBuf,
+    /// Also write a seeded random probe head (probe-head.json format) here.
+    #[arg(long)]
+    probe_head: Option<PathBuf>,
+    /// Layer of that probe head (default: the middle block).
+    #[arg(long)]
+    probe_layer: Option<usize>,
+    /// Classes of that probe head.
+    #[arg(long, default_value_t = 10)]
+    classes: usize,
+}
+
+#[derive(clap::Args)]
+struct VectorsArgs {
+    /// int8 model file with a probe head.
+    #[arg(long)]
+    model: PathBuf,
+    /// Dataset (test split; resized to the model's side).
+    #[arg(long)]
+    data: PathBuf,
+    /// Images, from the first of the test split.
+    #[arg(long, default_value_t = 20)]
+    count: usize,
+    /// Output vectors file (format in FORMAT.md).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -345,6 +392,21 @@ enum PaletteCmd {
     Import(ImportArgs),
     /// Write a swatch PNG of a palette file.
     Show(ShowArgs),
+    /// The uniform grid palette: `levels` values per channel (8 levels, RGB: 512 colours).
+    Grid(GridArgs),
+}
+
+#[derive(clap::Args)]
+struct GridArgs {
+    /// Channels: 1 (grey) or 3 (RGB).
+    #[arg(long, default_value_t = 3)]
+    channels: usize,
+    /// Values per channel.
+    #[arg(long, default_value_t = 8)]
+    levels: usize,
+    /// Output palette file.
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -587,6 +649,20 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Export(a) => export_cmd(a),
+        Cmd::Init(a) => init_cmd(a),
+        Cmd::ExportVectors(a) => vectors_cmd(a),
+        Cmd::Palette(PaletteCmd::Grid(a)) => {
+            ensure!((1..=256).contains(&a.levels), "--levels must be in 1..=256");
+            let p = palette::uniform_grid(a.channels, a.levels)?;
+            palette::save(&a.out, &p)?;
+            println!(
+                "{}: {} colours, {} channels",
+                a.out.display(),
+                p.len(),
+                p.channels()
+            );
+            Ok(())
+        }
         Cmd::Classify(a) => classify_cmd(a),
         Cmd::Eval(a) => eval_cmd(a),
         Cmd::Bench(BenchCmd::Infer(a)) => bench_infer_cmd(a),
@@ -779,6 +855,110 @@ fn export_cmd(a: ExportArgs) -> Result<()> {
             100.0 * rel
         );
     }
+    Ok(())
+}
+
+fn init_cmd(a: InitArgs) -> Result<()> {
+    use rand::SeedableRng;
+    use rand_distr::Distribution;
+    let pal = palette::load(&a.palette)?;
+    let mut model = a.model.clone();
+    model.vocab = Some(pal.len());
+    let c = model.config(Preset::Fw)?;
+    let dev = dfdx::prelude::Cpu::default();
+    let gpt: igpt::model::Gpt<f32, _> = igpt::model::Gpt::init(&dev, c, a.seed);
+    let ck = Checkpoint::from_model(&gpt, Some(pal));
+    ck.save(&a.out)?;
+    println!(
+        "{}: seeded {} layers, width {}, {} heads, {}x{}, k {} ({} parameters)",
+        a.out.display(),
+        c.layers,
+        c.width,
+        c.heads,
+        c.side,
+        c.side,
+        c.vocab,
+        c.param_count()
+    );
+    if let Some(path) = &a.probe_head {
+        let layer = a.probe_layer.unwrap_or(c.layers / 2);
+        ensure!(
+            layer <= c.layers,
+            "--probe-layer {layer}: the model has 0..={}",
+            c.layers
+        );
+        ensure!(
+            (1..=256).contains(&a.classes),
+            "--classes must be in 1..=256"
+        );
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed ^ 0x9e37);
+        let normal = rand_distr::Normal::new(0.0f32, 1.0 / (c.width as f32).sqrt())
+            .context("normal distribution")?;
+        let head = serde_json::json!({
+            "layer": layer.to_string(),
+            "classes": (0..a.classes).map(|i| format!("class {i}")).collect::<Vec<_>>(),
+            "mean": vec![0.0f32; c.width],
+            "std": vec![1.0f32; c.width],
+            "weight": (0..a.classes * c.width).map(|_| normal.sample(&mut rng)).collect::<Vec<f32>>(),
+            "bias": vec![0.0f32; a.classes],
+            "seeded": true,
+        });
+        igpt::io::write_atomic(path, head.to_string().as_bytes())?;
+        println!(
+            "{}: seeded probe head on layer {layer}, {} classes",
+            path.display(),
+            a.classes
+        );
+    }
+    Ok(())
+}
+
+fn vectors_cmd(a: VectorsArgs) -> Result<()> {
+    let bytes = igpt::export::read_model(&a.model)?;
+    let model = igpt_core::Model::parse(&bytes)?;
+    let c = *model.config();
+    ensure!(a.count > 0, "--count must be positive");
+    let ds = data::load(&a.data, Split::Test, Some(c.side))?
+        .truncate(a.count)
+        .with_channels(model.palette().channels())?;
+    let mut buf = igpt::int8::Buffers::new(&c);
+    let mut out = Vec::new();
+    out.extend_from_slice(b"IGPTVEC1");
+    out.extend_from_slice(&(ds.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(c.seq_len() as u32).to_le_bytes());
+    let mut correct = 0;
+    for i in 0..ds.len() {
+        let mut t = vec![0u16; c.seq_len()];
+        model.palette().tokenize(ds.image(i), &mut t)?;
+        let mut s = buf.scratch(&c)?;
+        // The portable core path, exactly what firmware runs.
+        let p = model.classify(&t, &mut s)?;
+        for v in &t {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        let label = ds.labels[i];
+        correct += (p.class == label as usize) as usize;
+        out.extend_from_slice(&label.to_le_bytes());
+        out.extend_from_slice(&(p.class as u16).to_le_bytes());
+        out.extend_from_slice(
+            &p.probs
+                .get(p.class)
+                .copied()
+                .unwrap_or(0.0)
+                .to_bits()
+                .to_le_bytes(),
+        );
+    }
+    let crc = igpt_core::crc32(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    igpt::io::write_atomic(&a.out, &out)?;
+    println!(
+        "{}: {} images, host int8 accuracy {}/{}",
+        a.out.display(),
+        ds.len(),
+        correct,
+        ds.len()
+    );
     Ok(())
 }
 
