@@ -3,6 +3,7 @@
 //! - [`data`]: CIFAR-10, IDX (MNIST, Fashion-MNIST) and image-folder loaders, area resize.
 //! - [`palette`]: k-means palette fitting, OpenAI `.npy` import, palette files, swatches.
 //! - [`model_args`]: the model-shape flags shared by every subcommand that builds a model.
+//! - [`demo`]: `igpt demo`, the whole pipeline on an embedded Fashion-MNIST subset.
 //! - [`export`]: int8 model files (`igpt export`); [`int8`]: running them with igpt-core.
 //! - [`io`]: atomic file writes and PNG output; [`progress`]: progress bars.
 //!
@@ -10,6 +11,7 @@
 
 pub mod checkpoint;
 pub mod data;
+pub mod demo;
 pub mod export;
 pub mod finetune;
 pub mod hf;

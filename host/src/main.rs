@@ -42,6 +42,9 @@ enum Cmd {
     Sample(SampleArgs),
     /// Fine-tune a pretrained model on L_gen + L_clf with a class head, early stopping.
     Finetune(FinetuneArgs),
+    /// The whole pipeline on an embedded Fashion-MNIST subset: palette, pretraining, probes,
+    /// int8 export and classification, samples; prints a summary table.
+    Demo(DemoArgs),
     /// Write a seeded, untrained checkpoint (and optionally a seeded probe head): shapes
     /// for benchmarks and firmware tests without training.
     Init(InitArgs),
@@ -57,6 +60,22 @@ enum Cmd {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCmd),
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Output folder.
+    #[arg(long, default_value = "igpt-demo")]
+    out: PathBuf,
+    /// Use this dataset instead of the embedded 2,000 + 500 image subset.
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// A tiny model on part of the subset: under a minute.
+    #[arg(long)]
+    quick: bool,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 #[derive(clap::Args)]
@@ -650,6 +669,17 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Export(a) => export_cmd(a),
         Cmd::Init(a) => init_cmd(a),
+        Cmd::Demo(a) => {
+            set_threads(a.threads)?;
+            let cfg = igpt::demo::DemoConfig {
+                out: a.out.clone(),
+                data: a.data,
+                quick: a.quick,
+            };
+            let s = igpt::demo::run(&cfg, true)?;
+            print!("{}", igpt::demo::table(&s, &a.out));
+            Ok(())
+        }
         Cmd::ExportVectors(a) => vectors_cmd(a),
         Cmd::Palette(PaletteCmd::Grid(a)) => {
             ensure!((1..=256).contains(&a.levels), "--levels must be in 1..=256");
@@ -718,7 +748,6 @@ fn run(cli: Cli) -> Result<()> {
 
 fn sample_cmd(a: SampleArgs) -> Result<()> {
     use igpt::sample;
-    use rand::SeedableRng;
     let ck = Checkpoint::load(&a.checkpoint)?;
     let pal = ck
         .palette
@@ -777,45 +806,23 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
             }
         }
     }
-    let w = sample::Weights::new(&ck);
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(a.seed);
-    let t0 = std::time::Instant::now();
-    let out = sample::generate(&w, &prefixes, a.temperature, a.top_k, &mut rng)?;
-    let secs = t0.elapsed().as_secs_f64();
-    let rgb = |tokens: &[u16]| -> Result<Vec<u8>> {
-        let mut px = vec![0u8; tokens.len() * c];
-        pal.decode_tokens(tokens, &mut px)?;
-        data::convert_channels(&px, c, 3)
-    };
-    let rows: Vec<Vec<Vec<u8>>> = if !completing {
-        let cols = (a.n as f64).sqrt().ceil() as usize;
-        out.chunks(cols)
-            .map(|r| r.iter().map(|t| rgb(t)).collect::<Result<Vec<_>>>())
-            .collect::<Result<_>>()?
-    } else {
-        let mut rows = Vec::new();
-        for (i, orig) in originals.iter().enumerate() {
-            // The kept rows, the rest grey; then the completions; then the original.
-            let mut kept = rgb(orig)?;
-            kept[a.keep_rows * side * 3..].fill(128);
-            let mut row = vec![kept];
-            for t in &out[i * a.completions..(i + 1) * a.completions] {
-                row.push(rgb(t)?);
-            }
-            row.push(rgb(orig)?);
-            rows.push(row);
-        }
-        rows
-    };
-    igpt::io::write_image_grid(&a.out, &rows, side)?;
-    let generated: usize = prefixes.iter().map(|p| n - p.len()).sum();
+    let r = sample::write_grid(
+        &ck,
+        &prefixes,
+        &originals,
+        a.completions,
+        a.temperature,
+        a.top_k,
+        a.seed,
+        &a.out,
+    )?;
     println!(
         "{}: {} images, {} sampled tokens in {:.2} s ({:.0} tokens/s, KV cache)",
         a.out.display(),
-        out.len(),
-        generated,
-        secs,
-        generated as f64 / secs.max(1e-9)
+        r.images,
+        r.tokens,
+        r.seconds,
+        r.tokens as f64 / r.seconds.max(1e-9)
     );
     Ok(())
 }

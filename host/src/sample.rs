@@ -335,3 +335,76 @@ mod tests {
         }
     }
 }
+
+/// What [`write_grid`] did.
+#[derive(Debug, Clone, Copy)]
+pub struct GridReport {
+    /// Images generated.
+    pub images: usize,
+    /// Tokens sampled.
+    pub tokens: usize,
+    /// Sampling wall time.
+    pub seconds: f64,
+}
+
+/// Samples an image for every prefix and writes them as a PNG grid. Without `originals`,
+/// a square grid of samples; with them (each completed `completions` times from the kept
+/// prefix rows), one row per original: the kept rows (the rest grey), the completions,
+/// the original.
+#[allow(clippy::too_many_arguments)]
+pub fn write_grid(
+    ck: &crate::checkpoint::Checkpoint,
+    prefixes: &[Vec<u16>],
+    originals: &[Vec<u16>],
+    completions: usize,
+    temperature: f32,
+    top_k: Option<usize>,
+    seed: u64,
+    out: &std::path::Path,
+) -> Result<GridReport> {
+    use anyhow::Context;
+    use rand::SeedableRng;
+    let pal = ck
+        .palette
+        .clone()
+        .context("the checkpoint has no palette")?;
+    let (side, c) = (ck.config.side, pal.channels());
+    let w = Weights::new(ck);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+    let t0 = std::time::Instant::now();
+    let images = generate(&w, prefixes, temperature, top_k, &mut rng)?;
+    let seconds = t0.elapsed().as_secs_f64();
+    let rgb = |tokens: &[u16]| -> Result<Vec<u8>> {
+        let mut px = vec![0u8; tokens.len() * c];
+        pal.decode_tokens(tokens, &mut px)?;
+        crate::data::convert_channels(&px, c, 3)
+    };
+    let rows: Vec<Vec<Vec<u8>>> = if originals.is_empty() {
+        let cols = (images.len() as f64).sqrt().ceil() as usize;
+        images
+            .chunks(cols.max(1))
+            .map(|r| r.iter().map(|t| rgb(t)).collect::<Result<Vec<_>>>())
+            .collect::<Result<_>>()?
+    } else {
+        let mut rows = Vec::new();
+        for (i, orig) in originals.iter().enumerate() {
+            let keep = prefixes.get(i * completions).map_or(0, |p| p.len());
+            let mut kept = rgb(orig)?;
+            kept[keep * 3..].fill(128);
+            let mut row = vec![kept];
+            for t in &images[i * completions..(i + 1) * completions] {
+                row.push(rgb(t)?);
+            }
+            row.push(rgb(orig)?);
+            rows.push(row);
+        }
+        rows
+    };
+    crate::io::write_image_grid(out, &rows, side)?;
+    let n = side * side;
+    Ok(GridReport {
+        images: images.len(),
+        tokens: prefixes.iter().map(|p| n - p.len()).sum(),
+        seconds,
+    })
+}

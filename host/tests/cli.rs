@@ -833,3 +833,45 @@ fn probe_and_sample_on_a_small_model() {
         &["--layers x"],
     );
 }
+
+#[test]
+fn demo_quick_runs_end_to_end_on_the_embedded_subset() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("demo");
+    let r = igpt(&["demo", "--quick", "--out", s(&out)]);
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    for f in [
+        "run/loss.png",
+        "probe/probe.png",
+        "samples.png",
+        "complete.png",
+        "model.igpt",
+        "summary.json",
+        "palette.pal",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing; stdout {stdout}");
+    }
+    for png in [
+        "run/loss.png",
+        "probe/probe.png",
+        "samples.png",
+        "complete.png",
+    ] {
+        image::open(out.join(png)).unwrap();
+    }
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
+    // 10 classes: chance is 10%; the int8 classifier must beat it by 20 points.
+    let int8 = v["int8_accuracy"].as_f64().unwrap();
+    assert!(int8 >= 0.30, "int8 accuracy {int8}");
+    assert_eq!(v["test_images"].as_u64(), Some(200));
+    assert!(stdout.contains("int8 with igpt-core"), "{stdout}");
+    // The exported file is a valid core model with the probe.
+    let bytes = std::fs::read(out.join("model.igpt")).unwrap();
+    let m = igpt_core::Model::parse(&bytes).unwrap();
+    assert!(m.probe().is_some());
+    // A second run resumes the finished pretraining and redoes the rest.
+    let r = igpt(&["demo", "--quick", "--out", s(&out)]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+}

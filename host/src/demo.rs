@@ -1,0 +1,318 @@
+//! `igpt demo`: the whole pipeline in one command on a Fashion-MNIST subset embedded in
+//! the binary (2,000 training and 500 test images, `data/fashion-mnist-subset/`, MIT):
+//! palette → pretraining → linear probes (and the raw-pixel baseline) → int8 export →
+//! classification with igpt-core → samples and completions, with a summary table.
+
+use crate::checkpoint::Checkpoint;
+use crate::model::Objective;
+use crate::pretrain::{self, PretrainConfig};
+use crate::probe::{self, ProbeConfig, ProbeRun};
+use crate::train::AdamConfig;
+use anyhow::{Context, Result};
+use igpt_core::{Config, Model, Preset};
+use std::path::{Path, PathBuf};
+
+/// The embedded subset, as the IDX `.gz` files of the original dataset.
+const SUBSET: [(&str, &[u8]); 4] = [
+    (
+        "train-images-idx3-ubyte.gz",
+        include_bytes!("../../data/fashion-mnist-subset/train-images-idx3-ubyte.gz"),
+    ),
+    (
+        "train-labels-idx1-ubyte.gz",
+        include_bytes!("../../data/fashion-mnist-subset/train-labels-idx1-ubyte.gz"),
+    ),
+    (
+        "t10k-images-idx3-ubyte.gz",
+        include_bytes!("../../data/fashion-mnist-subset/t10k-images-idx3-ubyte.gz"),
+    ),
+    (
+        "t10k-labels-idx1-ubyte.gz",
+        include_bytes!("../../data/fashion-mnist-subset/t10k-labels-idx1-ubyte.gz"),
+    ),
+];
+
+/// Demo settings.
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
+    /// Output folder.
+    pub out: PathBuf,
+    /// A dataset instead of the embedded subset.
+    pub data: Option<PathBuf>,
+    /// A tiny model and few steps: under a minute.
+    pub quick: bool,
+}
+
+/// What the demo measured.
+#[derive(Debug, Clone)]
+pub struct DemoSummary {
+    /// Training / test images used.
+    pub images: (usize, usize),
+    /// The model's shape.
+    pub config: Config,
+    /// Pretraining steps and final validation bits per dimension.
+    pub pretrain: (u64, f64),
+    /// Best probe layer and its f32 test accuracy.
+    pub probe: (usize, f64),
+    /// Raw-pixel probe test accuracy.
+    pub raw_pixels: f64,
+    /// int8 (igpt-core) test accuracy, and its agreement with f32.
+    pub int8: (f64, f64),
+    /// Bytes of the f32 checkpoint weights and of the int8 file.
+    pub sizes: (u64, usize),
+    /// Images per second of the core's int8 classification (all threads).
+    pub int8_images_per_s: f64,
+    /// Sampling speed (tokens/s).
+    pub sample_tokens_per_s: f64,
+}
+
+/// Runs the demo into `cfg.out`. Re-running resumes the pretraining (a finished run is
+/// kept) and redoes the rest.
+pub fn run(cfg: &DemoConfig, show: bool) -> Result<DemoSummary> {
+    let out = &cfg.out;
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    let data = match &cfg.data {
+        Some(d) => d.clone(),
+        None => {
+            let dir = out.join("data");
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("{}: cannot create", dir.display()))?;
+            for (name, bytes) in SUBSET {
+                crate::io::write_atomic(&dir.join(name), bytes)?;
+            }
+            dir
+        }
+    };
+    let (side, k) = if cfg.quick { (8, 8) } else { (14, 16) };
+    let limit = if cfg.quick { (600, 200) } else { (0, 0) };
+    let say = |s: String| {
+        if show {
+            eprintln!("demo: {s}");
+        }
+    };
+
+    // 1. Palette: k-means on the training pixels at the model's resolution.
+    let ds = crate::data::load(&data, crate::data::Split::Train, Some(side))?.with_channels(1)?;
+    let ds = if limit.0 > 0 {
+        ds.truncate(limit.0)
+    } else {
+        ds
+    };
+    let opts = crate::palette::FitOptions {
+        k,
+        iters: 50,
+        sample: 200_000,
+        seed: 0,
+    };
+    let (palette, stats) = crate::palette::fit(&ds.pixels, 1, opts, show)?;
+    crate::palette::save(&out.join("palette.pal"), &palette)?;
+    say(format!(
+        "palette: {k} grey levels at {side}x{side}, mse per channel {:.2}",
+        stats.mse
+    ));
+
+    // 2. Pretraining (AR).
+    let model = if cfg.quick {
+        Config::new(k, side, 32, 4, 2)?
+    } else {
+        Config {
+            vocab: k,
+            ..Config::preset(Preset::Fw)
+        }
+    };
+    let pcfg = PretrainConfig {
+        data: data.clone(),
+        model,
+        objective: Objective::Ar,
+        steps: if cfg.quick { 40 } else { 300 },
+        batch: if cfg.quick { 16 } else { 32 },
+        lr: 3e-3,
+        warmup: if cfg.quick { 5 } else { 30 },
+        adam: AdamConfig::default(),
+        seed: 0,
+        eval_every: if cfg.quick { 20 } else { 50 },
+        val_images: if cfg.quick { 100 } else { 500 },
+        train_images: limit.0,
+    };
+    let run_dir = out.join("run");
+    let resume = pretrain::checkpoint_path(&run_dir).exists();
+    let s = pretrain::pretrain(&pcfg, &palette, &run_dir, resume, None, show)?;
+    let ck_path = pretrain::checkpoint_path(&run_dir);
+    say(format!(
+        "pretrained {} steps: validation {:.3} bits/dim",
+        s.steps, s.val_bpd
+    ));
+
+    // 3. Linear probes on every layer, and on the raw pixels.
+    let probe_run = |raw: bool, dir: &str| ProbeRun {
+        checkpoint: ck_path.clone(),
+        data: data.clone(),
+        layers: None,
+        labels_per_class: None,
+        raw_pixels: raw,
+        limit,
+        out: out.join(dir),
+        batch: 64,
+        cfg: ProbeConfig::default(),
+    };
+    let layers = probe::run(&probe_run(false, "probe"), show)?;
+    let (best_layer, best) = best(&layers).context("no layer probed")?;
+    let raw = probe::run(&probe_run(true, "raw-probe"), show)?;
+    let raw_acc = raw.first().map_or(f64::NAN, |r| r.1.test_accuracy);
+
+    // 4. int8 export (only the blocks the probe needs) and the core on the test images.
+    let ck = Checkpoint::load(&ck_path)?;
+    let head = crate::export::ProbeHead::load(&out.join("probe/probe-head.json"), model.width)?;
+    let (bytes, report) = crate::export::export(&ck, Some(&head), true)?;
+    let model_path = out.join("model.igpt");
+    crate::io::write_atomic(&model_path, &bytes)?;
+    let m = Model::parse(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", model_path.display()))?;
+    let t0 = std::time::Instant::now();
+    let ev = crate::int8::eval(&m, &data, Some(&ck), limit.1, 0, false)?;
+    let int8_rate = ev.images as f64 / t0.elapsed().as_secs_f64();
+
+    // 5. Samples and completions.
+    let sample_path = out.join("samples.png");
+    let g = crate::sample::write_grid(
+        &ck,
+        &vec![Vec::new(); 16],
+        &[],
+        0,
+        1.0,
+        None,
+        1,
+        &sample_path,
+    )?;
+    let originals =
+        crate::pretrain::tokenize_split(&data, crate::data::Split::Test, &palette, side, 6)?;
+    let keep = side / 2;
+    let prefixes: Vec<Vec<u16>> = originals
+        .iter()
+        .flat_map(|o| std::iter::repeat_n(o[..keep * side].to_vec(), 4))
+        .collect();
+    crate::sample::write_grid(
+        &ck,
+        &prefixes,
+        &originals,
+        4,
+        1.0,
+        None,
+        2,
+        &out.join("complete.png"),
+    )?;
+
+    let summary = DemoSummary {
+        images: (
+            layers_images(&out.join("probe/probe.json"), "train_images"),
+            ev.images,
+        ),
+        config: model,
+        pretrain: (s.steps, s.val_bpd),
+        probe: (best_layer, best),
+        raw_pixels: raw_acc,
+        int8: (ev.int8_accuracy, ev.agreement.unwrap_or(f64::NAN)),
+        sizes: (model.f32_bytes(), report.bytes),
+        int8_images_per_s: int8_rate,
+        sample_tokens_per_s: g.tokens as f64 / g.seconds.max(1e-9),
+    };
+    write_summary(out, &summary, ev.f32_accuracy.unwrap_or(f64::NAN))?;
+    Ok(summary)
+}
+
+fn best(layers: &[(usize, probe::LayerResult)]) -> Option<(usize, f64)> {
+    layers
+        .iter()
+        .max_by(|a, b| a.1.val_accuracy.total_cmp(&b.1.val_accuracy))
+        .map(|(l, r)| (*l, r.test_accuracy))
+}
+
+fn layers_images(path: &Path, key: &str) -> usize {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v.get(key).and_then(|x| x.as_u64()))
+        .unwrap_or(0) as usize
+}
+
+fn write_summary(out: &Path, s: &DemoSummary, f32_acc: f64) -> Result<()> {
+    let json = serde_json::json!({
+        "train_images": s.images.0, "test_images": s.images.1,
+        "model": {"layers": s.config.layers, "width": s.config.width, "heads": s.config.heads,
+                  "side": s.config.side, "vocab": s.config.vocab},
+        "pretrain_steps": s.pretrain.0, "val_bits_per_dim": s.pretrain.1,
+        "probe_layer": s.probe.0, "probe_f32_accuracy": s.probe.1, "f32_accuracy_of_exported_head": f32_acc,
+        "raw_pixel_accuracy": s.raw_pixels, "int8_accuracy": s.int8.0, "int8_f32_agreement": s.int8.1,
+        "f32_bytes": s.sizes.0, "int8_file_bytes": s.sizes.1,
+        "int8_images_per_s": s.int8_images_per_s, "sample_tokens_per_s": s.sample_tokens_per_s,
+    });
+    crate::io::write_atomic(
+        &out.join("summary.json"),
+        serde_json::to_string_pretty(&json)?.as_bytes(),
+    )
+}
+
+/// The summary as the table the demo prints.
+pub fn table(s: &DemoSummary, out: &Path) -> String {
+    let c = &s.config;
+    let pct = |x: f64| format!("{:.2}%", 100.0 * x);
+    let rows = [
+        (
+            "data".to_string(),
+            format!("{} train / {} test images", s.images.0, s.images.1),
+        ),
+        (
+            "model".to_string(),
+            format!(
+                "{} layers, width {}, {}x{}, {} grey levels ({} parameters)",
+                c.layers,
+                c.width,
+                c.side,
+                c.side,
+                c.vocab,
+                c.param_count()
+            ),
+        ),
+        (
+            "pretraining".to_string(),
+            format!(
+                "{} steps, validation {:.3} bits/dim",
+                s.pretrain.0, s.pretrain.1
+            ),
+        ),
+        (
+            format!("linear probe, f32 (layer {})", s.probe.0),
+            pct(s.probe.1),
+        ),
+        ("raw-pixel probe (baseline)".to_string(), pct(s.raw_pixels)),
+        (
+            "int8 with igpt-core".to_string(),
+            format!("{} (agreement with f32: {})", pct(s.int8.0), pct(s.int8.1)),
+        ),
+        (
+            "sizes".to_string(),
+            format!(
+                "f32 weights {} bytes, int8 file {} bytes ({:.2}x)",
+                s.sizes.0,
+                s.sizes.1,
+                s.sizes.1 as f64 / s.sizes.0 as f64
+            ),
+        ),
+        (
+            "speed".to_string(),
+            format!(
+                "int8 classification {:.0} images/s, sampling {:.0} tokens/s",
+                s.int8_images_per_s, s.sample_tokens_per_s
+            ),
+        ),
+    ];
+    let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
+    let mut t = String::new();
+    for (k, v) in rows {
+        t.push_str(&format!("{k:<w$}  {v}\n"));
+    }
+    t.push_str(&format!(
+        "written to {}: run/loss.png, probe/probe.png, samples.png, complete.png, model.igpt, summary.json\n",
+        out.display()
+    ));
+    t
+}
