@@ -87,7 +87,7 @@ pub fn matmul_q_ref(out: &mut [f32], xq: &[i8], xs: &[f32], w: &QMat<'_>, add: b
 #[inline(always)]
 pub fn rmsnorm(out: &mut [f32], x: &[f32], gain: &[u8]) {
     let n = x.len().max(1) as f32;
-    let ms = x.iter().map(|v| v * v).sum::<f32>() / n;
+    let ms = dot_f32(x, x) / n;
     let inv = 1.0 / libm::sqrtf(ms + crate::model::NORM_EPS);
     for (i, (o, &v)) in out.iter_mut().zip(x).enumerate() {
         *o = v * inv * f32_at(gain, i);
@@ -126,19 +126,64 @@ pub fn quick_gelu(x: &mut [f32]) {
     }
 }
 
-/// Softmax in place (max subtracted first).
+/// Softmax in place (max subtracted first). The exponentials and the sum are separate
+/// loops so both vectorise.
 #[inline(always)]
 pub fn softmax(x: &mut [f32]) {
-    let m = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum = 0.0;
+    let m = max_f32(x);
     for v in x.iter_mut() {
         *v = fast_exp(*v - m);
-        sum += *v;
     }
+    let sum = sum_f32(x);
     let inv = if sum > 0.0 { 1.0 / sum } else { 0.0 };
     for v in x.iter_mut() {
         *v *= inv;
     }
+}
+
+/// The largest value (−∞ for an empty slice), in 8 lanes.
+#[inline(always)]
+pub fn max_f32(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let c = x.chunks_exact(8);
+    let tail = c
+        .remainder()
+        .iter()
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    for ch in c {
+        for (a, &v) in acc.iter_mut().zip(ch) {
+            *a = a.max(v);
+        }
+    }
+    acc.iter().fold(tail, |m, &v| m.max(v))
+}
+
+/// The largest magnitude (0 for an empty slice), in 8 lanes.
+#[inline(always)]
+pub fn max_abs_f32(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let c = x.chunks_exact(8);
+    let tail = c.remainder().iter().fold(0f32, |m, &v| m.max(v.abs()));
+    for ch in c {
+        for (a, &v) in acc.iter_mut().zip(ch) {
+            *a = a.max(v.abs());
+        }
+    }
+    acc.iter().fold(tail, |m, &v| m.max(v))
+}
+
+/// `Σ x_i` in 8 interleaved lanes.
+#[inline(always)]
+pub fn sum_f32(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let c = x.chunks_exact(8);
+    let tail: f32 = c.remainder().iter().sum();
+    for ch in c {
+        for (a, &v) in acc.iter_mut().zip(ch) {
+            *a += v;
+        }
+    }
+    acc.iter().sum::<f32>() + tail
 }
 
 /// `Σ a_i · b_i` in f32, summed in 8 interleaved lanes (so the loop vectorises; the
@@ -207,6 +252,19 @@ mod tests {
         assert!(worst < 5e-7, "relative error {worst}");
         assert_eq!(fast_exp(-1000.0), fast_exp(-87.0));
         assert_eq!(fast_exp(0.0), 1.0);
+    }
+
+    #[test]
+    fn lane_reductions_equal_plain_ones() {
+        let x: Vec<f32> = (0..29).map(|i| ((i * 7 % 11) as f32 - 5.0) * 0.5).collect();
+        assert_eq!(
+            max_f32(&x),
+            x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+        );
+        assert_eq!(max_abs_f32(&x), x.iter().fold(0f32, |m, &v| m.max(v.abs())));
+        // Halves and small integers: every partial sum is exact.
+        assert_eq!(sum_f32(&x), x.iter().sum::<f32>());
+        assert_eq!(max_f32(&[]), f32::NEG_INFINITY);
     }
 
     #[test]

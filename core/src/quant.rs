@@ -15,7 +15,7 @@ pub const QMAX: f32 = 127.0;
 /// weights.
 #[inline(always)]
 pub fn quantize_row(x: &[f32], q: &mut [i8]) -> f32 {
-    let amax = x.iter().fold(0f32, |m, &v| m.max(v.abs()));
+    let amax = crate::kernels::max_abs_f32(x);
     let (scale, inv) = if amax > 0.0 {
         (amax / QMAX, QMAX / amax)
     } else {
