@@ -21,6 +21,7 @@ if ! command -v qemu-system-arm >/dev/null; then
     echo "installing QEMU into $qdir"
     # Debian's qemu-system-arm conflicts with the preinstalled qemu-utils: unpack the
     # package instead of installing it, after its libraries.
+    apt-get update -qq || exit 1
     apt-get install -y -qq --no-install-recommends libfdt1 libcapstone4 libpmem1 \
       librdmacm1 libibverbs1 libslirp0 libvdeplug2 >/dev/null || exit 1
     tmp=$(mktemp -d)
