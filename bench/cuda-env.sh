@@ -92,8 +92,9 @@ echo "igpt cuda-env shim, not nvidia-smi: answers only --query-gpu=compute_cap -
 exit 1
 EOF
   chmod +x "$shim/nvidia-smi"
-  if nvidia-smi --query-gpu=compute_cap --format=csv 2>/dev/null | head -n 1 | grep -qx compute_cap &&
-     ! command -v nvidia-smi | grep -qF "$shim"; then
+  local real
+  real=$(nvidia-smi --query-gpu=compute_cap --format=csv 2>/dev/null || true)
+  if [ "${real%%$'\n'*}" = compute_cap ] && [ "$(command -v nvidia-smi)" != "$shim/nvidia-smi" ]; then
     echo "cuda-env: using the real nvidia-smi ($(command -v nvidia-smi))" >&2
   else
     export PATH="$shim:$PATH"

@@ -79,13 +79,28 @@ pub fn run_cuda<T>(seed: u64, f: impl FnOnce(Cpu) -> Result<T>) -> Result<T> {
 /// line too, with the panic's message and location.
 #[cfg(feature = "cuda")]
 pub fn run_cuda<T>(seed: u64, f: impl FnOnce(dfdx::prelude::Cuda) -> Result<T>) -> Result<T> {
-    let dev = catch_panics(|| Ok(dfdx::prelude::Cuda::try_seed_from_u64(seed)))?.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot initialise CUDA device 0: {e:?}. {}",
-            cuda_diagnosis()
-        )
+    let dev = catch_panics(|| {
+        dfdx::prelude::Cuda::try_seed_from_u64(seed).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot initialise CUDA device 0: {}. {}",
+                describe(&e),
+                cuda_diagnosis()
+            )
+        })
     })?;
     catch_panics(|| f(dev)).map_err(|e| e.context("CUDA run failed"))
+}
+
+/// A CUDA error by its code alone: cudarc 0.9's `Debug` for a driver error asks the
+/// driver for its string and panics when that fails.
+#[cfg(feature = "cuda")]
+fn describe(e: &dfdx::tensor::CudaError) -> String {
+    use dfdx::tensor::CudaError;
+    match e {
+        CudaError::Driver(d) => format!("driver error {:?}", d.0),
+        CudaError::Blas(b) => format!("cuBLAS error {:?}", b.0),
+        CudaError::Cpu(c) => format!("{c:?}"),
+    }
 }
 
 /// What to look at when CUDA does not start (one line).

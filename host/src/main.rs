@@ -302,7 +302,7 @@ enum BenchCmd {
     /// weights; the last line is `speedup=<number>`.
     Infer(BenchInferArgs),
     /// The model on a device against the HF fixtures (hidden states, probe features,
-    /// logits: 1e-4) and the CPU reference (logits 1e-4, AR loss 1e-5, gradients 1e-4
+    /// logits: 1e-4) and the CPU reference (logits 1e-4, AR loss 2e-5, gradients 1e-4
     /// relative); the last line is `parity=PASS` (or an error).
     Parity(BenchParityArgs),
 }
