@@ -5,8 +5,9 @@
 
 use crate::checkpoint::{Checkpoint, Mat};
 use crate::data::Split;
+use crate::device::ModelDevice;
 use crate::kernels;
-use crate::model::{Capture, Captures, Gpt, Kernels, Objective};
+use crate::model::{Capture, Captures, Gpt, Objective};
 use crate::train::{self, AdamConfig, AdamW};
 use anyhow::{ensure, Context, Result};
 use dfdx::prelude::*;
@@ -53,13 +54,13 @@ pub struct FinetuneSummary {
 
 /// Class logits `(B, classes)` of images: mean over positions of the final norm output,
 /// times the head `(classes, C)` transposed.
-fn class_logits<T: Tape<f32, Cpu>>(
-    gpt: &Gpt<f32, Cpu>,
-    head: &Tensor<(usize, usize), f32, Cpu>,
+fn class_logits<D: ModelDevice, T: Tape<f32, D>>(
+    gpt: &Gpt<f32, D>,
+    head: &Tensor<(usize, usize), f32, D>,
     ids: &[usize],
     batch: usize,
     causal: bool,
-) -> Tensor<(usize, usize), f32, Cpu, T> {
+) -> Tensor<(usize, usize), f32, D, T> {
     let z = gpt.forward::<T>(
         ids,
         batch,
@@ -72,9 +73,9 @@ fn class_logits<T: Tape<f32, Cpu>>(
         .matmul(head.clone().permute::<_, Axes2<1, 0>>())
 }
 
-fn accuracy(
-    gpt: &Gpt<f32, Cpu>,
-    head: &Tensor<(usize, usize), f32, Cpu>,
+fn accuracy<D: ModelDevice>(
+    gpt: &Gpt<f32, D>,
+    head: &Tensor<(usize, usize), f32, D>,
     images: &[Vec<u16>],
     labels: &[u16],
     causal: bool,
@@ -83,7 +84,7 @@ fn accuracy(
     let mut right = 0;
     for (chunk, ys) in images.chunks(64).zip(labels.chunks(64)) {
         let ids = model_input(chunk, sos, causal);
-        let logits = class_logits::<NoneTape>(gpt, head, &ids, chunk.len(), causal);
+        let logits = class_logits::<D, NoneTape>(gpt, head, &ids, chunk.len(), causal);
         let l = logits.as_vec();
         let k = l.len() / chunk.len();
         for (row, &y) in l.chunks_exact(k).zip(ys) {
@@ -107,8 +108,19 @@ fn model_input(images: &[Vec<u16>], sos: usize, causal: bool) -> Vec<usize> {
     ids
 }
 
-/// Runs fine-tuning; writes the best checkpoint (with its class head) to `cfg.out`.
+/// Runs fine-tuning on the CPU; writes the best checkpoint (with its class head) to
+/// `cfg.out`.
 pub fn finetune(cfg: &FinetuneConfig, show_progress: bool) -> Result<FinetuneSummary> {
+    finetune_on(&Cpu::seed_from_u64(cfg.seed), cfg, show_progress)
+}
+
+/// [`finetune`] on any device (`--device`). The class head's AdamW runs on host slices
+/// (it is `classes x d`).
+pub fn finetune_on<D: ModelDevice>(
+    dev: &D,
+    cfg: &FinetuneConfig,
+    show_progress: bool,
+) -> Result<FinetuneSummary> {
     ensure!(
         cfg.batch > 0 && cfg.steps > 0 && cfg.eval_every > 0,
         "--batch, --steps and --eval-every must be positive"
@@ -153,10 +165,9 @@ pub fn finetune(cfg: &FinetuneConfig, show_progress: bool) -> Result<FinetuneSum
     let val_x: Vec<Vec<u16>> = val_idx.iter().map(|&i| train_x[i].clone()).collect();
     let val_y: Vec<u16> = val_idx.iter().map(|&i| train_y[i]).collect();
 
-    let dev = Cpu::seed_from_u64(cfg.seed);
-    let mut gpt: Gpt<f32, Cpu> = ck.model(&dev);
+    let mut gpt: Gpt<f32, D> = ck.model(dev);
     let d = ck.config.width;
-    let mut head: Tensor<(usize, usize), f32, Cpu> = dev.zeros_like(&(classes, d));
+    let mut head: Tensor<(usize, usize), f32, D> = dev.zeros_like(&(classes, d));
     let adam = AdamConfig::default();
     let mut opt = AdamW::new(&gpt, adam);
     let (mut hm, mut hv) = (vec![0f32; classes * d], vec![0f32; classes * d]);
@@ -179,7 +190,7 @@ pub fn finetune(cfg: &FinetuneConfig, show_progress: bool) -> Result<FinetuneSum
         // L_gen on the objective's batch, L_clf on the clean images. For AR both read the
         // same input, so one forward pass serves both losses.
         let (l_gen, logits) = if causal {
-            let z = gpt.forward::<OwnedTape<f32, Cpu>>(
+            let z = gpt.forward::<OwnedTape<f32, D>>(
                 &batch.input,
                 cfg.batch,
                 true,
@@ -188,27 +199,21 @@ pub fn finetune(cfg: &FinetuneConfig, show_progress: bool) -> Result<FinetuneSum
                 &mut Captures::default(),
             );
             let logits = z
-                .retaped::<OwnedTape<f32, Cpu>>()
+                .retaped::<OwnedTape<f32, D>>()
                 .mean::<_, Axis<1>>()
                 .matmul(head.clone().permute::<_, Axes2<1, 0>>());
-            let l_gen = <Cpu as Kernels<f32>>::head_loss(
-                z,
-                &gpt.lm_head,
-                &batch.target,
-                &batch.weight,
-                gpt.fused,
-            );
+            let l_gen = D::head_loss(z, &gpt.lm_head, &batch.target, &batch.weight, gpt.fused);
             (l_gen, logits)
         } else {
-            let l_gen = train::loss::<f32, Cpu, OwnedTape<f32, Cpu>>(&gpt, &batch);
+            let l_gen = train::loss::<f32, D, OwnedTape<f32, D>>(&gpt, &batch);
             let owned: Vec<Vec<u16>> = imgs.iter().map(|s| s.to_vec()).collect();
             let ids = model_input(&owned, sos, causal);
             (
                 l_gen,
-                class_logits::<OwnedTape<f32, Cpu>>(&gpt, &head, &ids, cfg.batch, causal),
+                class_logits::<D, OwnedTape<f32, D>>(&gpt, &head, &ids, cfg.batch, causal),
             )
         };
-        let labels: Tensor<(usize,), usize, Cpu> = dev.tensor_from_vec(
+        let labels: Tensor<(usize,), usize, D> = dev.tensor_from_vec(
             pick.iter().map(|&i| train_y[i] as usize).collect(),
             (cfg.batch,),
         );
@@ -226,11 +231,8 @@ pub fn finetune(cfg: &FinetuneConfig, show_progress: bool) -> Result<FinetuneSum
         let mut grads = loss.backward();
         // The head: AdamW on slices, its bias correction from the model's step count.
         {
-            let g = grads
-                .get_or_alloc_mut(&head)
-                .expect("gradient buffer")
-                .to_vec();
-            let mut hp = kernels::read(&head);
+            let g = grads.get(&head).as_vec();
+            let mut hp = head.as_vec();
             let (bc1, bc2) = opt.bias_corrections();
             kernels::adamw_step(
                 &mut hp,
@@ -260,7 +262,7 @@ pub fn finetune(cfg: &FinetuneConfig, show_progress: bool) -> Result<FinetuneSum
                 out.score = Some(Mat {
                     rows: classes,
                     cols: d,
-                    data: kernels::read(&head),
+                    data: head.as_vec(),
                 });
                 out.save(&ck_path)?;
             } else {
@@ -282,12 +284,12 @@ pub fn finetune(cfg: &FinetuneConfig, show_progress: bool) -> Result<FinetuneSum
     bar.finish_and_clear();
     // Measure the best checkpoint on the test split.
     let best_ck = Checkpoint::load(&ck_path)?;
-    let gpt: Gpt<f32, Cpu> = best_ck.model(&dev);
+    let gpt: Gpt<f32, D> = best_ck.model(dev);
     let s = best_ck
         .score
         .as_ref()
         .context("fine-tuned checkpoint without its head")?;
-    let head: Tensor<(usize, usize), f32, Cpu> =
+    let head: Tensor<(usize, usize), f32, D> =
         dev.tensor_from_vec(s.data.clone(), (s.rows, s.cols));
     let test_accuracy = accuracy(&gpt, &head, &test_x, &test_y, causal);
     let summary = FinetuneSummary {

@@ -5,6 +5,7 @@ use anyhow::{ensure, Context, Result};
 use clap::{Parser, Subcommand};
 use igpt::checkpoint::Checkpoint;
 use igpt::data::{self, Split};
+use igpt::device::DeviceKind;
 use igpt::model::Objective;
 use igpt::model_args::ModelArgs;
 use igpt::palette;
@@ -218,6 +219,10 @@ struct FinetuneArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Where the dfdx model runs: cpu (fused kernels) or cuda (needs a build with
+    /// --features cuda).
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceKind,
 }
 
 #[derive(clap::Args)]
@@ -256,6 +261,10 @@ struct SampleArgs {
     /// Output PNG grid.
     #[arg(long)]
     out: PathBuf,
+    /// cpu: the KV-cached f32 host path; cuda: the dfdx model on the GPU, rerunning the
+    /// forward pass over the prefix for each pixel (dfdx has no KV cache).
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceKind,
 }
 
 #[derive(clap::Args)]
@@ -297,6 +306,10 @@ struct ProbeArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Where the feature extraction runs: cpu (fused kernels) or cuda (needs a build
+    /// with --features cuda); the logistic regressions run on the CPU.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceKind,
 }
 
 #[derive(Subcommand)]
@@ -307,6 +320,10 @@ enum BenchCmd {
     /// Probe inference, one thread: igpt-core int8 vs the f32 dfdx forward of the same
     /// weights; the last line is `speedup=<number>`.
     Infer(BenchInferArgs),
+    /// The model on a device against the HF fixtures (hidden states, probe features,
+    /// logits: 1e-4) and the CPU reference (logits 1e-4, AR loss 2e-5, gradients 1e-4
+    /// relative); the last line is `parity=PASS` (or an error).
+    Parity(BenchParityArgs),
 }
 
 #[derive(clap::Args)]
@@ -382,6 +399,10 @@ struct PretrainArgs {
     /// Worker threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Where the dfdx model runs: cpu (fused kernels) or cuda (needs a build with
+    /// --features cuda).
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceKind,
 }
 
 #[derive(clap::Args)]
@@ -401,6 +422,20 @@ struct BenchTrainArgs {
     /// Run the plain dfdx compositions instead of the fused CPU kernels.
     #[arg(long)]
     reference: bool,
+    /// Where the dfdx model runs: cpu (fused kernels) or cuda (needs a build with
+    /// --features cuda).
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceKind,
+}
+
+#[derive(clap::Args)]
+struct BenchParityArgs {
+    /// HF ImageGPT fixture folder (every case with input_ids and expected outputs).
+    #[arg(long, default_value = "../shared/fixtures/hf-imagegpt")]
+    fixtures: PathBuf,
+    /// The device checked against the fixtures and the CPU reference path.
+    #[arg(long, value_enum, default_value = "cpu")]
+    device: DeviceKind,
 }
 
 #[derive(Subcommand)]
@@ -531,6 +566,16 @@ fn main() {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let device = match &cli.cmd {
+        Cmd::Pretrain(a) => a.device,
+        Cmd::Finetune(a) => a.device,
+        Cmd::Probe(a) => a.device,
+        Cmd::Sample(a) => a.device,
+        Cmd::Bench(BenchCmd::Train(a)) => a.device,
+        Cmd::Bench(BenchCmd::Parity(a)) => a.device,
+        _ => DeviceKind::Cpu,
+    };
+    device.check()?;
     match cli.cmd {
         Cmd::Palette(PaletteCmd::Fit(a)) => palette_fit(a),
         Cmd::Palette(PaletteCmd::Import(a)) => {
@@ -608,7 +653,9 @@ fn run(cli: Cli) -> Result<()> {
                 seed: a.seed,
                 out: a.out.clone(),
             };
-            let s = igpt::finetune::finetune(&cfg, true)?;
+            let s = igpt::on_device!(a.device, cfg.seed, |dev| igpt::finetune::finetune_on(
+                &dev, &cfg, true
+            ))?;
             println!(
                 "{}: {} steps, best validation accuracy {:.2}%, test accuracy {:.2}%",
                 igpt::finetune::checkpoint_path(&a.out).display(),
@@ -651,7 +698,8 @@ fn run(cli: Cli) -> Result<()> {
                     ..Default::default()
                 },
             };
-            let results = igpt::probe::run(&run, true)?;
+            let results =
+                igpt::on_device!(a.device, 0, |dev| igpt::probe::run_on(&dev, &run, true))?;
             for (l, r) in &results {
                 let name = if *l == usize::MAX {
                     "raw pixels".to_string()
@@ -696,6 +744,17 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Classify(a) => classify_cmd(a),
         Cmd::Eval(a) => eval_cmd(a),
         Cmd::Bench(BenchCmd::Infer(a)) => bench_infer_cmd(a),
+        Cmd::Bench(BenchCmd::Parity(a)) => {
+            let checks = igpt::on_device!(a.device, 0, |dev| {
+                println!(
+                    "bench parity on {}: fixtures {}",
+                    a.device.name(),
+                    a.fixtures.display()
+                );
+                igpt::bench::parity(&dev, &a.fixtures)
+            })?;
+            igpt::bench::report(&checks)
+        }
         Cmd::Bench(BenchCmd::Train(a)) => {
             set_threads(a.threads)?;
             let mut model = a.model.clone();
@@ -707,10 +766,18 @@ fn run(cli: Cli) -> Result<()> {
                 model.vocab = model.vocab.or(Some(512));
             }
             let c = model.config(Preset::Test)?;
-            let tps = pretrain::bench_train(c, a.batch, a.steps, !a.reference, true)?;
+            let tps = igpt::on_device!(a.device, 0, |dev| pretrain::bench_train(
+                &dev,
+                c,
+                a.batch,
+                a.steps,
+                !a.reference,
+                true
+            ))?;
             println!(
-                "bench train{}: {} layers, width {}, {} heads, {}x{} ({} tokens), k {}, batch {}, {} steps, {} threads",
+                "bench train{}{}: {} layers, width {}, {} heads, {}x{} ({} tokens), k {}, batch {}, {} steps, {} threads",
                 if a.reference { " (reference dfdx ops)" } else { "" },
+                if a.device == DeviceKind::Cuda { " on cuda" } else { "" },
                 c.layers,
                 c.width,
                 c.heads,
@@ -722,6 +789,12 @@ fn run(cli: Cli) -> Result<()> {
                 a.steps,
                 rayon::current_num_threads()
             );
+            let (six_n, attn) = igpt::bench::train_flops_per_token(&c);
+            println!(
+                "train_flops_per_token={:.4e} (6N {six_n:.4e} + attention {attn:.4e})",
+                six_n + attn
+            );
+            println!("model_tflops={:.3}", (six_n + attn) * tps / 1e12);
             println!("tokens_per_s={tps:.1}");
             Ok(())
         }
@@ -806,23 +879,32 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
             }
         }
     }
-    let r = sample::write_grid(
-        &ck,
-        &prefixes,
-        &originals,
-        a.completions,
-        a.temperature,
-        a.top_k,
-        a.seed,
-        &a.out,
-    )?;
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(a.seed);
+    let t0 = std::time::Instant::now();
+    let out = match a.device {
+        DeviceKind::Cpu => {
+            let w = sample::Weights::new(&ck);
+            sample::generate(&w, &prefixes, a.temperature, a.top_k, &mut rng)?
+        }
+        DeviceKind::Cuda => igpt::on_device!(DeviceKind::Cuda, a.seed, |dev| {
+            let gpt: igpt::model::Gpt<f32, _> = ck.model(&dev);
+            sample::generate_full(&gpt, &prefixes, a.temperature, a.top_k, &mut rng)
+        })?,
+    };
+    let secs = t0.elapsed().as_secs_f64();
+    sample::draw_grid(&ck, &out, &prefixes, &originals, a.completions, &a.out)?;
+    let generated: usize = prefixes.iter().map(|p| n - p.len()).sum();
     println!(
-        "{}: {} images, {} sampled tokens in {:.2} s ({:.0} tokens/s, KV cache)",
+        "{}: {} images, {} sampled tokens in {:.2} s ({:.0} tokens/s, {})",
         a.out.display(),
-        r.images,
-        r.tokens,
-        r.seconds,
-        r.tokens as f64 / r.seconds.max(1e-9)
+        out.len(),
+        generated,
+        secs,
+        generated as f64 / secs.max(1e-9),
+        match a.device {
+            DeviceKind::Cpu => "KV cache",
+            DeviceKind::Cuda => "full forward per pixel on cuda",
+        }
     );
     Ok(())
 }
@@ -1091,7 +1173,15 @@ fn pretrain_cmd(a: PretrainArgs) -> Result<()> {
         val_images: a.val_images,
         train_images: a.train_images,
     };
-    let s = pretrain::pretrain(&cfg, &pal, &a.out, a.resume, a.stop_after, true)?;
+    let s = igpt::on_device!(a.device, cfg.seed, |dev| pretrain::pretrain_on(
+        &dev,
+        &cfg,
+        &pal,
+        &a.out,
+        a.resume,
+        a.stop_after,
+        true
+    ))?;
     println!(
         "{}: step {}, train {:.4} bits/dim, validation {:.4} bits/dim, {:.1} s",
         pretrain::checkpoint_path(&a.out).display(),

@@ -11,7 +11,8 @@
 //! `Tensor<(usize, usize), E, D>` in the project's own [`Gpt`] struct (norm gains are
 //! `(1, d)` rows), so no dfdx layer type fixes a size at compile time. The model is
 //! generic over the element type (f32 to train; f64 for gradient checks) and over dfdx's
-//! device (CPU now, CUDA through the same code).
+//! device (CPU with fused kernels; CUDA, with the `cuda` feature, through the same code
+//! and dfdx's own kernels).
 //!
 //! Shapes: B batch, T positions, C = d width, H heads, K = C / H head width, V = k
 //! palette colours (the head's outputs), V+1 embedding rows (row V is SOS).
@@ -518,6 +519,12 @@ pub fn linear<E: Float, D: Device<E>, T: Tape<E, D>>(
 }
 
 impl Kernels<f64> for Cpu {}
+
+/// CUDA runs the plain dfdx compositions (the trait's default methods): dfdx 0.13 keeps a
+/// CUDA tensor's device memory and its cudarc device crate-private, so fused kernels
+/// cannot be registered on its tape the way the CPU ones are.
+#[cfg(feature = "cuda")]
+impl Kernels<f32> for Cuda {}
 
 impl Kernels<f32> for Cpu {
     fn rmsnorm<T: Tape<f32, Self>>(

@@ -9,6 +9,7 @@
 
 use crate::checkpoint::{Checkpoint, TrainState};
 use crate::data::{self, Split};
+use crate::device::ModelDevice;
 use crate::model::{Gpt, Objective};
 use crate::plot::{self, Series};
 use crate::train::{self, AdamConfig, AdamW};
@@ -187,9 +188,25 @@ pub fn checkpoint_path(dir: &Path) -> PathBuf {
     dir.join("checkpoint.safetensors")
 }
 
-/// Runs (or resumes) pretraining into `dir`. `stop_after` ends the process early at that
-/// step with a checkpoint, as an interruption would (for tests and for splitting a run).
+/// Runs (or resumes) pretraining into `dir` on the CPU. `stop_after` ends the process
+/// early at that step with a checkpoint, as an interruption would (for tests and for
+/// splitting a run).
 pub fn pretrain(
+    cfg: &PretrainConfig,
+    palette: &Palette,
+    dir: &Path,
+    resume: bool,
+    stop_after: Option<u64>,
+    show_progress: bool,
+) -> Result<Summary> {
+    let dev = Cpu::seed_from_u64(cfg.seed);
+    pretrain_on(&dev, cfg, palette, dir, resume, stop_after, show_progress)
+}
+
+/// [`pretrain`] on any device (`--device`). The checkpoint format is the same, so a run
+/// can be resumed on another device (exactly only on the same one).
+pub fn pretrain_on<D: ModelDevice>(
+    dev: &D,
     cfg: &PretrainConfig,
     palette: &Palette,
     dir: &Path,
@@ -230,7 +247,6 @@ pub fn pretrain(
         Vec::new()
     };
 
-    let dev = Cpu::seed_from_u64(cfg.seed);
     let (mut gpt, mut opt, mut rng, mut log) = if resume {
         let ck = Checkpoint::load(&ck_path)?;
         let st = ck
@@ -243,8 +259,8 @@ pub fn pretrain(
             ck_path.display(),
             st.args
         );
-        let gpt: Gpt<f32, Cpu> = ck.model(&dev);
-        let opt = AdamW::from_mats(&dev, cfg.adam, &st.m, &st.v, st.step);
+        let gpt: Gpt<f32, D> = ck.model(dev);
+        let opt = AdamW::from_mats(dev, cfg.adam, &st.m, &st.v, st.step);
         let mut rng = ChaCha8Rng::from_seed(st.rng_seed);
         rng.set_stream(st.rng_stream);
         rng.set_word_pos(st.rng_word_pos);
@@ -254,7 +270,7 @@ pub fn pretrain(
             .collect();
         (gpt, opt, rng, log)
     } else {
-        let gpt = Gpt::<f32, Cpu>::init(&dev, cfg.model, cfg.seed);
+        let gpt = Gpt::<f32, D>::init(dev, cfg.model, cfg.seed);
         let opt = AdamW::new(&gpt, cfg.adam);
         let rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(1));
         (gpt, opt, rng, Vec::new())
@@ -293,7 +309,7 @@ pub fn pretrain(
         train_bpd: f64::NAN,
         seconds: 0.0,
     };
-    let save = |gpt: &Gpt<f32, Cpu>, opt: &AdamW<f32, Cpu>, rng: &ChaCha8Rng| -> Result<()> {
+    let save = |gpt: &Gpt<f32, D>, opt: &AdamW<f32, D>, rng: &ChaCha8Rng| -> Result<()> {
         let mut ck = Checkpoint::from_model(gpt, Some(palette.clone()));
         let (m, v) = opt.to_mats();
         ck.train = Some(TrainState {
@@ -313,7 +329,7 @@ pub fn pretrain(
             .map(|_| train_set[rng.gen_range(0..train_set.len())].as_slice())
             .collect();
         let batch = train::make_batch(&picks, cfg.model.sos(), cfg.objective, &mut rng);
-        let loss = train::loss::<f32, Cpu, OwnedTape<f32, Cpu>>(&gpt, &batch);
+        let loss = train::loss::<f32, D, OwnedTape<f32, D>>(&gpt, &batch);
         let nats = train::scalar(loss.retaped::<NoneTape>());
         ensure!(
             nats.is_finite(),
@@ -382,9 +398,12 @@ pub fn pretrain(
 }
 
 /// Training throughput on random tokens: `steps` timed forward + backward + AdamW steps
-/// (after one untimed warm-up step) of an AR model of `config`, batch `batch`. Returns
-/// tokens per second. `fused: false` runs the reference dfdx compositions.
-pub fn bench_train(
+/// (after one untimed warm-up step) of an AR model of `config`, batch `batch`, on `dev`
+/// (waiting for the device's queued work before the clock stops). Returns tokens per
+/// second. `fused: false` runs the reference dfdx compositions (the CPU's only choice
+/// that matters: other devices have no fused kernels).
+pub fn bench_train<D: ModelDevice>(
+    dev: &D,
     config: Config,
     batch: usize,
     steps: usize,
@@ -395,8 +414,7 @@ pub fn bench_train(
         batch > 0 && steps > 0,
         "--batch and --steps must be positive"
     );
-    let dev = Cpu::seed_from_u64(0);
-    let mut gpt = Gpt::<f32, Cpu>::init(&dev, config, 0);
+    let mut gpt = Gpt::<f32, D>::init(dev, config, 0);
     gpt.fused = fused;
     let mut opt = AdamW::new(&gpt, AdamConfig::default());
     let mut rng = ChaCha8Rng::seed_from_u64(0);
@@ -416,12 +434,17 @@ pub fn bench_train(
         if i == 1 {
             t = Instant::now();
         }
-        let mut grads = train::loss::<f32, Cpu, OwnedTape<f32, Cpu>>(&gpt, &b).backward();
+        let mut grads = train::loss::<f32, D, OwnedTape<f32, D>>(&gpt, &b).backward();
         opt.update(&mut gpt, &mut grads, 1e-4);
-        if i > 0 {
+        if i == 0 {
+            dev.try_synchronize()
+                .map_err(|e| anyhow::anyhow!("device error: {e:?}"))?;
+        } else {
             bar.inc(1);
         }
     }
+    dev.try_synchronize()
+        .map_err(|e| anyhow::anyhow!("device error: {e:?}"))?;
     bar.finish_and_clear();
     Ok((steps * batch * n) as f64 / t.elapsed().as_secs_f64())
 }

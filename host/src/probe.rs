@@ -540,8 +540,18 @@ fn labelled(
 
 /// Runs a probe: per-layer (or raw-pixel) test accuracy, written to `run.out` as JSON,
 /// the best layer's head, and a plot of accuracy by layer. Returns `(layer, result)`
-/// pairs (layer `usize::MAX` for raw pixels).
+/// pairs (layer `usize::MAX` for raw pixels). Features come from the CPU.
 pub fn run(r: &ProbeRun, show_progress: bool) -> anyhow::Result<Vec<(usize, LayerResult)>> {
+    run_on(&dfdx::prelude::Cpu::default(), r, show_progress)
+}
+
+/// [`run`] with the features computed on any device (`--device`); the logistic
+/// regressions run on the CPU.
+pub fn run_on<D: crate::device::ModelDevice>(
+    dev: &D,
+    r: &ProbeRun,
+    show_progress: bool,
+) -> anyhow::Result<Vec<(usize, LayerResult)>> {
     use anyhow::{ensure, Context};
     use rand::seq::SliceRandom;
     use rand::SeedableRng;
@@ -610,8 +620,7 @@ pub fn run(r: &ProbeRun, show_progress: bool) -> anyhow::Result<Vec<(usize, Laye
             .as_ref()
             .map(|t| t.args.contains("\"objective\":\"Bert\""))
             .unwrap_or(false);
-        let dev = dfdx::prelude::Cpu::default();
-        let gpt: Gpt<f32, dfdx::prelude::Cpu> = ck.model(&dev);
+        let gpt: Gpt<f32, D> = ck.model(dev);
         let t0 = std::time::Instant::now();
         let ftr = features(&gpt, &tr_tok, r.batch, !objective, show_progress);
         let fte = features(&gpt, &te_tok, r.batch, !objective, show_progress);

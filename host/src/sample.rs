@@ -6,10 +6,18 @@
 //! kernels as the fused training path (`kernels::{gemm, rmsnorm_fwd, quick_gelu_fwd,
 //! softmax_row}`), so the f32 math exists once; a test checks its logits against the
 //! dfdx model's full forward pass.
+//!
+//! That KV-cached path is plain f32 Rust on the host (`igpt sample --device cpu`, the
+//! default). dfdx has no KV cache, so on another dfdx device ([`generate_full`],
+//! `--device cuda`) each new pixel reruns the model's full forward pass over the sequence
+//! so far: O(n²) positions computed for n pixels, which a GPU absorbs at iGPT's sizes.
 
 use crate::checkpoint::Checkpoint;
+use crate::device::ModelDevice;
 use crate::kernels::{gemm, quick_gelu_fwd, rmsnorm_fwd, softmax_row};
+use crate::model::{Capture, Captures, Gpt};
 use anyhow::{ensure, Result};
+use dfdx::prelude::*;
 use igpt_core::Config;
 use rand::Rng;
 
@@ -271,11 +279,62 @@ pub fn generate<R: Rng>(
     Ok(out)
 }
 
+/// [`generate`] through the dfdx model on its device: no KV cache, so each position
+/// reruns the full forward pass over the positions so far (and the head on the last one).
+/// Same token convention, prefixes and draws as [`generate`].
+pub fn generate_full<D: ModelDevice, R: Rng>(
+    gpt: &Gpt<f32, D>,
+    prefixes: &[Vec<u16>],
+    temperature: f32,
+    top_k: Option<usize>,
+    rng: &mut R,
+) -> Result<Vec<Vec<u16>>> {
+    let c = gpt.config;
+    let n = c.seq_len();
+    let b = prefixes.len();
+    ensure!(b > 0, "nothing to generate");
+    ensure!(
+        prefixes.iter().all(|p| p.len() < n),
+        "a prefix fills the whole image"
+    );
+    let mut out: Vec<Vec<u16>> = vec![Vec::with_capacity(n); b];
+    let mut ids = Vec::with_capacity(b * n);
+    for t in 0..n {
+        // Inputs (B, t + 1): SOS, then the pixels so far.
+        ids.clear();
+        for seq in &out {
+            ids.push(c.sos());
+            ids.extend(seq.iter().map(|&x| x as usize));
+        }
+        let z = gpt.forward::<NoneTape>(
+            &ids,
+            b,
+            true,
+            None,
+            Capture::default(),
+            &mut Captures::default(),
+        );
+        let last = z.slice((.., t..t + 1, ..));
+        let logits = gpt.logits(last).as_vec();
+        for s in 0..b {
+            let tok = match prefixes[s].get(t) {
+                Some(&known) => known as usize,
+                None => draw(
+                    &logits[s * c.vocab..(s + 1) * c.vocab],
+                    temperature,
+                    top_k,
+                    rng,
+                ),
+            };
+            out[s].push(tok as u16);
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Capture, Captures, Gpt};
-    use dfdx::prelude::*;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
@@ -325,6 +384,27 @@ mod tests {
     }
 
     #[test]
+    fn full_forward_sampling_matches_the_kv_cache() {
+        let config = Config::new(16, 4, 32, 4, 2).unwrap();
+        let dev = Cpu::seed_from_u64(0);
+        let mut gpt = Gpt::<f32, Cpu>::init(&dev, config, 5);
+        let mut rng = ChaCha8Rng::seed_from_u64(2);
+        gpt.lm_head = dev.tensor_from_vec(
+            (0..16 * 32).map(|_| rng.gen_range(-1.0..1.0)).collect(),
+            (16, 32),
+        );
+        let w = Weights::new(&Checkpoint::from_model(&gpt, None));
+        let prefixes = vec![vec![], vec![3, 4, 5], vec![15; 9]];
+        let mut r1 = ChaCha8Rng::seed_from_u64(9);
+        let mut r2 = ChaCha8Rng::seed_from_u64(9);
+        let kv = generate(&w, &prefixes, 0.0, None, &mut r1).unwrap();
+        let full = generate_full(&gpt, &prefixes, 0.0, None, &mut r2).unwrap();
+        assert_eq!(kv, full);
+        assert_eq!(full[1][..3], [3, 4, 5]);
+        assert!(generate_full(&gpt, &[vec![0; 16]], 1.0, None, &mut r2).is_err());
+    }
+
+    #[test]
     fn draw_respects_top_k_and_greedy() {
         let mut rng = ChaCha8Rng::seed_from_u64(0);
         let logits = [0.0, 5.0, 1.0, 4.9];
@@ -347,10 +427,7 @@ pub struct GridReport {
     pub seconds: f64,
 }
 
-/// Samples an image for every prefix and writes them as a PNG grid. Without `originals`,
-/// a square grid of samples; with them (each completed `completions` times from the kept
-/// prefix rows), one row per original: the kept rows (the rest grey), the completions,
-/// the original.
+/// Samples an image for every prefix (KV cache, CPU) and writes them with [`draw_grid`].
 #[allow(clippy::too_many_arguments)]
 pub fn write_grid(
     ck: &crate::checkpoint::Checkpoint,
@@ -362,18 +439,38 @@ pub fn write_grid(
     seed: u64,
     out: &std::path::Path,
 ) -> Result<GridReport> {
-    use anyhow::Context;
     use rand::SeedableRng;
-    let pal = ck
-        .palette
-        .clone()
-        .context("the checkpoint has no palette")?;
-    let (side, c) = (ck.config.side, pal.channels());
     let w = Weights::new(ck);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let t0 = std::time::Instant::now();
     let images = generate(&w, prefixes, temperature, top_k, &mut rng)?;
     let seconds = t0.elapsed().as_secs_f64();
+    draw_grid(ck, &images, prefixes, originals, completions, out)?;
+    let n = ck.config.seq_len();
+    Ok(GridReport {
+        images: images.len(),
+        tokens: prefixes.iter().map(|p| n - p.len()).sum(),
+        seconds,
+    })
+}
+
+/// Writes sampled `images` as a PNG grid. Without `originals`, a square grid; with them
+/// (each completed `completions` times from its prefix in `prefixes`), one row per
+/// original: the kept rows (the rest grey), the completions, the original.
+pub fn draw_grid(
+    ck: &crate::checkpoint::Checkpoint,
+    images: &[Vec<u16>],
+    prefixes: &[Vec<u16>],
+    originals: &[Vec<u16>],
+    completions: usize,
+    out: &std::path::Path,
+) -> Result<()> {
+    use anyhow::Context;
+    let pal = ck
+        .palette
+        .clone()
+        .context("the checkpoint has no palette")?;
+    let (side, c) = (ck.config.side, pal.channels());
     let rgb = |tokens: &[u16]| -> Result<Vec<u8>> {
         let mut px = vec![0u8; tokens.len() * c];
         pal.decode_tokens(tokens, &mut px)?;
@@ -392,7 +489,10 @@ pub fn write_grid(
             let mut kept = rgb(orig)?;
             kept[keep * 3..].fill(128);
             let mut row = vec![kept];
-            for t in &images[i * completions..(i + 1) * completions] {
+            for t in images
+                .get(i * completions..(i + 1) * completions)
+                .unwrap_or(&[])
+            {
                 row.push(rgb(t)?);
             }
             row.push(rgb(orig)?);
@@ -400,11 +500,5 @@ pub fn write_grid(
         }
         rows
     };
-    crate::io::write_image_grid(out, &rows, side)?;
-    let n = side * side;
-    Ok(GridReport {
-        images: images.len(),
-        tokens: prefixes.iter().map(|p| n - p.len()).sum(),
-        seconds,
-    })
+    crate::io::write_image_grid(out, &rows, side)
 }

@@ -875,3 +875,96 @@ fn demo_quick_runs_end_to_end_on_the_embedded_subset() {
     let r = igpt(&["demo", "--quick", "--out", s(&out)]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
 }
+
+#[test]
+fn bench_parity_on_the_cpu_passes_and_bad_folders_fail() {
+    let fixtures = shared().join("fixtures/hf-imagegpt");
+    let r = igpt(&[
+        "bench",
+        "parity",
+        "--device",
+        "cpu",
+        "--fixtures",
+        s(&fixtures),
+    ]);
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(stdout.lines().last(), Some("parity=PASS"), "{stdout}");
+    for what in [
+        "logits vs HF",
+        "hidden states vs HF",
+        "AR loss vs CPU",
+        "gradients vs CPU",
+    ] {
+        assert!(stdout.contains(what), "{stdout}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    fails(
+        &["bench", "parity", "--fixtures", s(dir.path())],
+        &["no HF fixture case"],
+    );
+    fails(
+        &["bench", "parity", "--fixtures", s(&dir.path().join("none"))],
+        &["none", "cannot read"],
+    );
+}
+
+#[test]
+fn bench_train_reports_flops() {
+    let r = igpt(&[
+        "bench", "train", "--device", "cpu", "--layers", "1", "--width", "16", "--heads", "2",
+        "--side", "4", "--vocab", "8", "--batch", "2", "--steps", "1",
+    ]);
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert!(stdout.contains("model_tflops="), "{stdout}");
+    assert!(stdout.lines().last().unwrap().starts_with("tokens_per_s="));
+}
+
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn device_cuda_without_the_feature_is_one_error_line() {
+    let want = "error: this igpt was built without the cuda feature: cargo build --release -p igpt --features cuda";
+    let dir = tempfile::tempdir().unwrap();
+    let x = s(dir.path());
+    for args in [
+        &[
+            "pretrain",
+            "--data",
+            x,
+            "--palette",
+            x,
+            "--out",
+            x,
+            "--device",
+            "cuda",
+        ][..],
+        &[
+            "finetune",
+            "--checkpoint",
+            x,
+            "--data",
+            x,
+            "--out",
+            x,
+            "--device",
+            "cuda",
+        ],
+        &[
+            "probe",
+            "--checkpoint",
+            x,
+            "--data",
+            x,
+            "--out",
+            x,
+            "--device",
+            "cuda",
+        ],
+        &["sample", "--checkpoint", x, "--out", x, "--device", "cuda"],
+        &["bench", "train", "--device", "cuda"],
+        &["bench", "parity", "--device", "cuda"],
+    ] {
+        assert_eq!(fails(args, &[]), want);
+    }
+}
