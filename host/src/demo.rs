@@ -60,6 +60,8 @@ pub struct DemoSummary {
     pub int8: (f64, f64),
     /// Bytes of the f32 checkpoint weights and of the int8 file.
     pub sizes: (u64, usize),
+    /// Blocks in the int8 file (the probe's layer: `--upto-probe-layer`).
+    pub stored_layers: usize,
     /// Images per second of the core's int8 classification (all threads).
     pub int8_images_per_s: f64,
     /// Sampling speed (tokens/s).
@@ -212,6 +214,7 @@ pub fn run(cfg: &DemoConfig, show: bool) -> Result<DemoSummary> {
         raw_pixels: raw_acc,
         int8: (ev.int8_accuracy, ev.agreement.unwrap_or(f64::NAN)),
         sizes: (model.f32_bytes(), report.bytes),
+        stored_layers: report.stored_layers,
         int8_images_per_s: int8_rate,
         sample_tokens_per_s: g.tokens as f64 / g.seconds.max(1e-9),
     };
@@ -291,10 +294,12 @@ pub fn table(s: &DemoSummary, out: &Path) -> String {
         (
             "sizes".to_string(),
             format!(
-                "f32 weights {} bytes, int8 file {} bytes ({:.2}x)",
+                "f32 weights {} bytes; int8 file {} bytes with the {} of {} blocks the probe reads (a full export is about {:.2}x)",
                 s.sizes.0,
                 s.sizes.1,
-                s.sizes.1 as f64 / s.sizes.0 as f64
+                s.stored_layers,
+                c.layers,
+                c.int8_bytes() as f64 / c.f32_bytes() as f64
             ),
         ),
         (

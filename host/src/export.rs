@@ -305,7 +305,7 @@ pub fn export(
 }
 
 /// The f32 twin of a model file: its int8 weights dequantized into a dfdx model of the
-/// stored blocks. For a file cut at the probe layer, `ln_f` is that layer's norm, so the
+/// stored blocks (its config's `layers` is the stored count, possibly 0). For a file cut at the probe layer, `ln_f` is that layer's norm, so the
 /// twin's final-norm features are the probe's; its head is zero.
 pub fn dequantized(model: &Model<'_>) -> Result<Gpt<f32, dfdx::prelude::Cpu>> {
     let c = *model.config();
@@ -348,14 +348,12 @@ pub fn dequantized(model: &Model<'_>) -> Result<Gpt<f32, dfdx::prelude::Cpu>> {
         Ok((_, h)) => mat(h, false),
         Err(_) => vec![0f32; c.vocab * d],
     });
+    // Zero stored blocks (a file cut at probe layer 0) is a valid twin: embeddings and the
+    // feature norm only.
     let cfg = Config {
-        layers: stored.max(1),
+        layers: stored,
         ..c
     };
-    ensure!(
-        stored > 0,
-        "the file stores no blocks (probe layer 0): nothing to run in f32"
-    );
     Ok(Gpt::from_values(
         &dfdx::prelude::Cpu::default(),
         cfg,

@@ -251,7 +251,7 @@ pub fn bench(model: &Model<'_>, images: &[Vec<u16>], batch: usize) -> Result<(f6
     if layer < gpt.h.len() {
         gpt.ln_f = gpt.h[layer].ln_1.clone();
         gpt.h.truncate(layer);
-        gpt.config.layers = layer.max(1);
+        gpt.config.layers = layer;
     }
     let run = |imgs: &[Vec<u16>]| {
         for chunk in imgs.chunks(batch.max(1)) {

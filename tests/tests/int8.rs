@@ -280,3 +280,20 @@ fn wrong_magic_version_and_config_have_distinct_errors() {
     assert_eq!(Model::parse(&pb).unwrap_err(), Error::NotAModel);
     assert!(Model::parse_expecting(&bytes, &ck.config).is_ok());
 }
+
+#[test]
+fn bench_runs_on_a_file_cut_at_probe_layer_zero() {
+    let f = Fixture::open(&fixture_dir().join("tiny.safetensors")).unwrap();
+    let ck = import(&f);
+    let c = ck.config;
+    let probe = head(&c, 0, vec![0.1; 2 * c.width], 2);
+    let (bytes, report) = export(&ck, Some(&probe), true).unwrap();
+    assert_eq!(report.stored_layers, 0);
+    let model = Model::parse(&bytes).unwrap();
+    let images = vec![vec![3u16; c.seq_len()]; 4];
+    let (int8, f32s) = igpt::int8::bench(&model, &images, 2).unwrap();
+    assert!(int8 > 0.0 && f32s > 0.0);
+    // The f32 twin of a zero-block file gives the layer-0 features of the full model.
+    let twin = igpt::export::dequantized(&model).unwrap();
+    assert_eq!(twin.h.len(), 0);
+}
