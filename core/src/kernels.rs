@@ -83,6 +83,41 @@ pub fn matmul_q_ref(out: &mut [f32], xq: &[i8], xs: &[f32], w: &QMat<'_>, add: b
     }
 }
 
+/// Inputs per activation scale in [`matmul_qg`] (the MLP's down-projection, whose input
+/// rows, after quick_gelu, are too heavy-tailed for one scale per row).
+pub const GROUP: usize = 32;
+
+/// Groups of [`GROUP`] inputs in a row of `cols` (the last may be shorter).
+pub const fn groups(cols: usize) -> usize {
+    cols.div_ceil(GROUP)
+}
+
+/// `out (R, O) [+]= Σ_g (Σ_{i∈g} xq_i · w_i) · xs[r][g] · w.scale(o)`: like [`matmul_q`]
+/// with one activation scale per group of [`GROUP`] inputs (`xs` is `(R, groups(C))`).
+/// Each group sums in i32, the groups in f32.
+#[inline(always)]
+pub fn matmul_qg(out: &mut [f32], xq: &[i8], xs: &[f32], w: &QMat<'_>, add: bool) {
+    let (o, c) = (w.rows, w.cols);
+    let g = groups(c);
+    if o == 0 || c == 0 {
+        return;
+    }
+    for ((xr, sr), orow) in xq
+        .chunks_exact(c)
+        .zip(xs.chunks_exact(g))
+        .zip(out.chunks_exact_mut(o))
+    {
+        for ((r, d), wr) in orow.iter_mut().enumerate().zip(w.data.chunks_exact(c)) {
+            let mut acc = 0f32;
+            for ((xg, wg), &s) in xr.chunks(GROUP).zip(wr.chunks(GROUP)).zip(sr) {
+                acc += dot_i8(xg, wg) as f32 * s;
+            }
+            let v = acc * w.scale(r);
+            *d = if add { *d + v } else { v };
+        }
+    }
+}
+
 /// RMS norm of one row: `out = x / sqrt(mean(x²) + eps) · g` (`g`: f32 LE bytes).
 #[inline(always)]
 pub fn rmsnorm(out: &mut [f32], x: &[f32], gain: &[u8]) {
@@ -238,6 +273,41 @@ mod tests {
             .map(|i| xq[i] as i32 * bytes[o * 4 + i] as i8 as i32)
             .sum();
         assert_eq!(a[0], acc as f32 * xs[0] * m.scale(0));
+    }
+
+    #[test]
+    fn grouped_matmul_by_hand() {
+        // 2 outputs, 70 inputs (groups of 32, 32, 6), 2 rows.
+        let (o, c, r) = (2usize, 70usize, 2usize);
+        let w: Vec<f32> = (0..o * c)
+            .map(|i| ((i * 13 % 29) as f32 - 14.0) / 5.0)
+            .collect();
+        let mut bytes = vec![0u8; crate::format::qmat_bytes(o, c)];
+        crate::quant::write_qmat(&w, o, c, &mut bytes).unwrap();
+        let m = QMat::from_bytes(&bytes, o, c).unwrap();
+        let x: Vec<f32> = (0..r * c)
+            .map(|i| ((i * 7 % 23) as f32 - 11.0) * (1 + i / 40) as f32)
+            .collect();
+        let mut xq = vec![0i8; r * c];
+        let mut xs = vec![0f32; r * groups(c)];
+        crate::quant::quantize_groups(&x, c, &mut xq, &mut xs);
+        let mut out = vec![1.0f32; r * o];
+        matmul_qg(&mut out, &xq, &xs, &m, true);
+        for row in 0..r {
+            for oo in 0..o {
+                let mut acc = 0f32;
+                for (gi, g0) in (0..c).step_by(GROUP).enumerate() {
+                    let g1 = (g0 + GROUP).min(c);
+                    let dot: i32 = (g0..g1)
+                        .map(|i| xq[row * c + i] as i32 * bytes[o * 4 + oo * c + i] as i8 as i32)
+                        .sum();
+                    acc += dot as f32 * xs[row * 3 + gi];
+                }
+                assert_eq!(out[row * o + oo], 1.0 + acc * m.scale(oo));
+            }
+        }
+        assert_eq!(groups(64), 2);
+        assert_eq!(groups(65), 3);
     }
 
     #[test]

@@ -2,8 +2,9 @@
 //! step, over a model borrowed from its file bytes, in caller-provided memory.
 //!
 //! The math is the host's (`host/src/model.rs`) with every weight matrix in int8: each
-//! activation row is quantized (symmetric, one scale per row) right before a matrix
-//! product, products are summed in i32 and scaled once per output; norms, attention
+//! activation row is quantized (symmetric, one scale per row; the MLP's hidden rows one
+//! scale per group of 32 inputs) right before a matrix product, products are summed in
+//! i32 and scaled once per output (and group); norms, attention
 //! scores, softmax and quick_gelu stay in f32 (with `libm`). Embeddings are int8 rows.
 //!
 //! Dimension letters: n positions of an image (side²), T positions in a pass, d width,
@@ -12,9 +13,9 @@
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::format::{self, Header, ProbeRecord, MAX_CLASSES};
-use crate::kernels::{dot_f32, matmul_q, quick_gelu, rmsnorm, softmax};
+use crate::kernels::{dot_f32, groups, matmul_q, matmul_qg, quick_gelu, rmsnorm, softmax};
 use crate::palette::Palette;
-use crate::quant::{f32_at, quantize_rows};
+use crate::quant::{f32_at, quantize_groups, quantize_rows};
 use crate::state::{KvCache, Scratch, MLP_ROWS};
 use crate::weights::{BlockWeights, Weights};
 
@@ -398,7 +399,7 @@ struct Rest<'w> {
     xs: &'w mut [f32],
     /// MLP hidden rows (MLP_ROWS, 4d).
     hid: &'w mut [f32],
-    /// Row scales of `hq`.
+    /// Group scales of `hq` (MLP_ROWS, groups(4d)).
     hs: &'w mut [f32],
     /// Quantized rows of `a` (n, d).
     aq: &'w mut [i8],
@@ -418,7 +419,7 @@ impl<'w> Work<'w> {
         let (scores, f) = f.split_at_mut_checked(n).ok_or(OOB)?;
         let (xs, f) = f.split_at_mut_checked(n).ok_or(OOB)?;
         let (hid, f) = f.split_at_mut_checked(MLP_ROWS * m).ok_or(OOB)?;
-        let (hs, _) = f.split_at_mut_checked(MLP_ROWS).ok_or(OOB)?;
+        let (hs, _) = f.split_at_mut_checked(MLP_ROWS * groups(m)).ok_or(OOB)?;
         let (aq, qb) = qb.split_at_mut_checked(n * d).ok_or(OOB)?;
         let (hq, _) = qb.split_at_mut_checked(MLP_ROWS * m).ok_or(OOB)?;
         Ok(Work {
@@ -511,9 +512,9 @@ fn block(
         matmul_q(hid, aqg, xsg, &b.c_fc, false);
         quick_gelu(hid);
         let hq = r.hq.get_mut(..g * m).ok_or(OOB)?;
-        let hs = r.hs.get_mut(..g).ok_or(OOB)?;
-        quantize_rows(hid, m, hq, hs);
-        matmul_q(xg, hq, hs, &b.mlp_proj, true);
+        let hs = r.hs.get_mut(..g * groups(m)).ok_or(OOB)?;
+        quantize_groups(hid, m, hq, hs);
+        matmul_qg(xg, hq, hs, &b.mlp_proj, true);
     }
     Ok(())
 }

@@ -50,6 +50,29 @@ pub fn quantize_rows(x: &[f32], cols: usize, q: &mut [i8], s: &mut [f32]) {
     }
 }
 
+/// Quantizes rows of `x` (`cols` each) with one scale per group of
+/// [`crate::kernels::GROUP`] inputs: `s` gets `groups(cols)` scales per row.
+#[inline(always)]
+pub fn quantize_groups(x: &[f32], cols: usize, q: &mut [i8], s: &mut [f32]) {
+    let g = crate::kernels::groups(cols);
+    if cols == 0 || g == 0 {
+        return;
+    }
+    for ((xr, qr), sr) in x
+        .chunks_exact(cols)
+        .zip(q.chunks_exact_mut(cols))
+        .zip(s.chunks_exact_mut(g))
+    {
+        for ((xg, qg), sg) in xr
+            .chunks(crate::kernels::GROUP)
+            .zip(qr.chunks_mut(crate::kernels::GROUP))
+            .zip(sr.iter_mut())
+        {
+            *sg = quantize_row(xg, qg);
+        }
+    }
+}
+
 /// Writes an int8 matrix of `rows` output rows of `cols` inputs (`w` row-major
 /// `[out][in]`) in the file layout: `rows` f32 scales (LE), then `rows · cols` int8.
 /// Returns the largest absolute error `|w − q·s|`. Non-finite weights are refused.

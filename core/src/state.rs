@@ -10,12 +10,14 @@ pub const MLP_ROWS: usize = 16;
 
 /// f32 elements of a [`Scratch`] for a config: residual stream, norm/attention output,
 /// queries, keys and values (`5·n·d`), attention scores and row scales (`2n`), the MLP's
-/// hidden rows and their scales (`MLP_ROWS·(4d + 1)`), and the probe's features (`d`).
+/// hidden rows and their group scales (`MLP_ROWS·(4d + ⌈4d/32⌉)`), and the probe's
+/// features (`d`).
 pub const fn scratch_f32_len(c: &Config) -> usize {
     let nd = c.seq_len().saturating_mul(c.width);
+    let m = c.mlp_width();
     nd.saturating_mul(5)
         .saturating_add(c.seq_len().saturating_mul(2))
-        .saturating_add(MLP_ROWS.saturating_mul(c.mlp_width().saturating_add(1)))
+        .saturating_add(MLP_ROWS.saturating_mul(m.saturating_add(crate::kernels::groups(m))))
         .saturating_add(c.width)
 }
 

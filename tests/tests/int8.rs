@@ -5,7 +5,7 @@
 //! with `--nocapture`), as relative L2 errors `‖int8 − f32‖ / ‖f32‖`: probe features 5%,
 //! logits 8%; classifier probabilities within 0.02 absolute. The error grows with depth
 //! on the fixtures' random weights: measured 0.4-1.5% on features after one or two
-//! blocks, 2.8% after four, and 5.6% on the 4-layer `small` case's logits. On a trained
+//! blocks, 2.8% after four, and 5.4% on the 4-layer `small` case's logits. On a trained
 //! model the effect is far smaller (Fashion-MNIST: bits/dim unchanged to 4 digits, see
 //! README), since trained activations are less uniform than random ones.
 
