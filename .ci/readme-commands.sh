@@ -33,4 +33,5 @@ igpt export-vectors --model fm.igpt --data $FM --count 20 --out fm.vec || exit 1
 igpt bench train --layers 4 --width 128 --heads 4 --side 16 --batch 8 --vocab 512 --steps 5 --threads 1 || exit 1
 igpt bench infer --model fm.igpt --images 8 || exit 1
 igpt demo --quick --out igpt-demo-quick || exit 1
+igpt bench parity --device cpu --fixtures ../shared/fixtures/hf-imagegpt | tail -1 || exit 1
 echo NEWCOMER-OK
