@@ -796,24 +796,9 @@ pub fn self_attention<T: Tape<f32, Cpu>>(
 // ---------------------------------------------------------------------------------------
 // Softmax cross-entropy
 
-/// `Σ a·b` with eight independent accumulators (so that it vectorises).
-#[inline(always)]
-pub fn dot8(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let rest: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    for (x, y) in ca.zip(cb) {
-        for j in 0..8 {
-            acc[j] += x[j] * y[j];
-        }
-    }
-    acc.iter().sum::<f32>() + rest
-}
+/// `Σ a·b` with eight independent accumulators (so that it vectorises): igpt-core's
+/// `dot_f32`, the same summation order.
+pub use igpt_core::kernels::dot_f32 as dot8;
 
 /// The largest value (`-inf` for an empty slice), eight lanes at a time.
 #[inline(always)]
