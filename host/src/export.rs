@@ -104,11 +104,7 @@ impl ProbeHead {
     /// The head stored in a model file (exactly its f32 values).
     pub fn from_model(model: &Model<'_>) -> Option<ProbeHead> {
         let p = model.probe_record()?;
-        let f = |b: &[u8]| -> Vec<f32> {
-            b.chunks_exact(4)
-                .map(|x| f32::from_le_bytes([x[0], x[1], x[2], x[3]]))
-                .collect()
-        };
+        let f = le_f32s;
         Some(ProbeHead {
             layer: p.layer as usize,
             classes: (0..p.classes as usize)
@@ -163,6 +159,13 @@ pub fn is_bert(ck: &Checkpoint) -> bool {
     ck.train
         .as_ref()
         .is_some_and(|t| t.args.contains("\"objective\":\"Bert\""))
+}
+
+/// Little-endian f32 bytes (the model file's gains and probe arrays) as values.
+fn le_f32s(b: &[u8]) -> Vec<f32> {
+    (0..b.len() / 4)
+        .map(|i| igpt_core::quant::f32_at(b, i))
+        .collect()
 }
 
 fn transpose(m: &Mat) -> Vec<f32> {
@@ -327,11 +330,7 @@ pub fn dequantized(model: &Model<'_>) -> Result<Gpt<f32, dfdx::prelude::Cpu>> {
             rows
         }
     };
-    let gain = |g: &[u8]| -> Vec<f32> {
-        g.chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect()
-    };
+    let gain = le_f32s;
     let mut values = vec![mat(w.wte()?, false), mat(w.wpe()?, false)];
     for l in 0..stored {
         let b = w.block(l)?;

@@ -240,6 +240,16 @@ pub fn draw<R: Rng>(logits: &[f32], temperature: f32, top_k: Option<usize>, rng:
     idx[idx.len() - 1]
 }
 
+/// At least one sequence, and every prefix shorter than the image's `n` pixels.
+fn check_prefixes(prefixes: &[Vec<u16>], n: usize) -> Result<()> {
+    ensure!(!prefixes.is_empty(), "nothing to generate");
+    ensure!(
+        prefixes.iter().all(|p| p.len() < n),
+        "a prefix fills the whole image"
+    );
+    Ok(())
+}
+
 /// Generates `batch` images. `prefix[s]` holds sequence s's known first pixels (empty for
 /// unconditional samples); the rest is sampled. Returns the tokens of each image.
 pub fn generate<R: Rng>(
@@ -252,11 +262,7 @@ pub fn generate<R: Rng>(
     let c = w.config;
     let n = c.seq_len();
     let b = prefixes.len();
-    ensure!(b > 0, "nothing to generate");
-    ensure!(
-        prefixes.iter().all(|p| p.len() < n),
-        "a prefix fills the whole image"
-    );
+    check_prefixes(prefixes, n)?;
     let mut state = KvState::new(&c, b);
     let mut out: Vec<Vec<u16>> = vec![Vec::with_capacity(n); b];
     let mut input = vec![c.sos(); b];
@@ -292,11 +298,7 @@ pub fn generate_full<D: ModelDevice, R: Rng>(
     let c = gpt.config;
     let n = c.seq_len();
     let b = prefixes.len();
-    ensure!(b > 0, "nothing to generate");
-    ensure!(
-        prefixes.iter().all(|p| p.len() < n),
-        "a prefix fills the whole image"
-    );
+    check_prefixes(prefixes, n)?;
     let mut out: Vec<Vec<u16>> = vec![Vec::with_capacity(n); b];
     let mut ids = Vec::with_capacity(b * n);
     for t in 0..n {
