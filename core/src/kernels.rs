@@ -4,9 +4,195 @@
 //! input row is read once per four outputs); `matmul_q_ref` is its plain twin, and a test
 //! checks they agree exactly (both sum in i32, so they must). Everything else has one
 //! plain version. Dimension letters: R rows (positions), C inputs, O outputs.
+//!
+//! [`Ops`] is the hook for faster kernels: the forward pass calls its three heavy
+//! operations (the int8 products, the grouped int8 product and attention) through it. Its
+//! default methods are this module's portable functions ([`Portable`] uses them as they
+//! are); the host implements them with AVX-512 VNNI. An implementation must give the
+//! same results bit for bit, so this module fixes every f32 summation order: the int8
+//! products sum in i32 (exact), attention scores sum over the head's inputs in order,
+//! weighted values over positions in order, and [`sum_f32`] in 16 lanes then a halving
+//! tree — orders a 16-lane vector unit follows naturally.
 
-use crate::quant::f32_at;
 use crate::weights::QMat;
+
+/// The weight matrices the forward pass multiplies by, for [`Ops`] implementations that
+/// keep their own (repacked) copy of the weights: a block's six, and the next-token head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mat {
+    /// Query projection.
+    Q,
+    /// Key projection.
+    K,
+    /// Value projection.
+    V,
+    /// Attention output projection.
+    Proj,
+    /// MLP up-projection.
+    Fc,
+    /// MLP down-projection (the grouped product).
+    MlpProj,
+    /// Next-token head (layer index 0).
+    Head,
+}
+
+impl Mat {
+    /// A block's matrices in file order.
+    pub const BLOCK: [Mat; 6] = [Mat::Q, Mat::K, Mat::V, Mat::Proj, Mat::Fc, Mat::MlpProj];
+
+    /// 0..7, for tables indexed by matrix.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One attention call: queries of the `T` positions `p0..p0+T` against the keys and
+/// values of positions `0..p0+T`.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnArgs<'a> {
+    /// Queries `(T, d)`.
+    pub q: &'a [f32],
+    /// Keys `(p0+T, d)`.
+    pub keys: &'a [f32],
+    /// Values `(p0+T, d)`.
+    pub vals: &'a [f32],
+    /// Position of the first query.
+    pub p0: usize,
+    /// Query `i` sees positions `0..=p0+i` (AR) or all of them (BERT).
+    pub causal: bool,
+    /// `d`.
+    pub width: usize,
+    /// `hd = d / heads`.
+    pub head_dim: usize,
+    /// `1 / sqrt(hd)`.
+    pub scale: f32,
+}
+
+/// The forward pass's heavy operations. The defaults are this module's portable
+/// functions; an implementation (the host's vector kernels) must equal them bit for bit.
+pub trait Ops {
+    /// Rows of `x` (`cols` each) through [`rmsnorm`] with `gain`, then quantized into
+    /// `q` and `s` ([`quantize_rows`]). `tmp` (as long as `x`) may hold the normed rows.
+    #[inline(always)]
+    fn norm_quant(
+        &mut self,
+        x: &[f32],
+        cols: usize,
+        gain: &[u8],
+        tmp: &mut [f32],
+        q: &mut [i8],
+        s: &mut [f32],
+    ) {
+        if cols == 0 {
+            return;
+        }
+        for (tr, xr) in tmp.chunks_exact_mut(cols).zip(x.chunks_exact(cols)) {
+            rmsnorm(tr, xr, gain);
+        }
+        crate::quant::quantize_rows(tmp, cols, q, s);
+    }
+
+    /// [`quantize_rows`](crate::quant::quantize_rows).
+    #[inline(always)]
+    fn quantize(&mut self, x: &[f32], cols: usize, q: &mut [i8], s: &mut [f32]) {
+        crate::quant::quantize_rows(x, cols, q, s);
+    }
+
+    /// [`quick_gelu`] on `h` in place, then [`quantize_groups`](crate::quant::quantize_groups)
+    /// of its rows (`cols` each).
+    #[inline(always)]
+    fn gelu_quant(&mut self, h: &mut [f32], cols: usize, q: &mut [i8], s: &mut [f32]) {
+        quick_gelu(h);
+        crate::quant::quantize_groups(h, cols, q, s);
+    }
+
+    /// [`matmul_q`] by matrix `which` of block `layer`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn matmul(
+        &mut self,
+        layer: usize,
+        which: Mat,
+        out: &mut [f32],
+        xq: &[i8],
+        xs: &[f32],
+        w: &QMat<'_>,
+        add: bool,
+    ) {
+        let _ = (layer, which);
+        matmul_q(out, xq, xs, w, add);
+    }
+
+    /// [`matmul_qg`] by the MLP down-projection of block `layer`.
+    #[inline(always)]
+    fn matmul_grouped(
+        &mut self,
+        layer: usize,
+        out: &mut [f32],
+        xq: &[i8],
+        xs: &[f32],
+        w: &QMat<'_>,
+        add: bool,
+    ) {
+        let _ = layer;
+        matmul_qg(out, xq, xs, w, add);
+    }
+
+    /// [`attention`]; `scores` holds at least `p0+T` values.
+    #[inline(always)]
+    fn attention(&mut self, out: &mut [f32], a: &AttnArgs<'_>, scores: &mut [f32]) {
+        attention(out, a, scores);
+    }
+}
+
+/// The portable kernels of this module.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Portable;
+
+impl Ops for Portable {}
+
+/// Attention, written plainly (the reference of every [`Ops::attention`]): for each query
+/// row `i` and head, `score_j = (Σ_e q_e · k_je, in order of e) · scale` over the positions
+/// `j` it sees, [`softmax`], then `out_e = Σ_j p_j · v_je` in order of `j`.
+#[inline(always)]
+pub fn attention(out: &mut [f32], a: &AttnArgs<'_>, scores: &mut [f32]) {
+    let (d, hd) = (a.width, a.head_dim);
+    if d == 0 || hd == 0 {
+        return;
+    }
+    let span = a.keys.len() / d;
+    for (i, (orow, qrow)) in out.chunks_exact_mut(d).zip(a.q.chunks_exact(d)).enumerate() {
+        let seen = if a.causal {
+            (a.p0 + i + 1).min(span)
+        } else {
+            span
+        };
+        let Some(sc) = scores.get_mut(..seen) else {
+            return;
+        };
+        for (h, (oh, qh)) in orow
+            .chunks_exact_mut(hd)
+            .zip(qrow.chunks_exact(hd))
+            .enumerate()
+        {
+            let cols = h * hd..(h + 1) * hd;
+            for (s, kr) in sc.iter_mut().zip(a.keys.chunks_exact(d)) {
+                let mut acc = 0f32;
+                for (&x, &y) in qh.iter().zip(kr.get(cols.clone()).unwrap_or(&[])) {
+                    acc += x * y;
+                }
+                *s = acc * a.scale;
+            }
+            softmax(sc);
+            oh.fill(0.0);
+            for (&p, vr) in sc.iter().zip(a.vals.chunks_exact(d)) {
+                for (o, &v) in oh.iter_mut().zip(vr.get(cols.clone()).unwrap_or(&[])) {
+                    *o += p * v;
+                }
+            }
+        }
+    }
+}
 
 /// `Σ a_i · b_i` in i32; `b` holds int8 bit patterns.
 #[inline(always)]
@@ -118,15 +304,26 @@ pub fn matmul_qg(out: &mut [f32], xq: &[i8], xs: &[f32], w: &QMat<'_>, add: bool
     }
 }
 
-/// RMS norm of one row: `out = x / sqrt(mean(x²) + eps) · g` (`g`: f32 LE bytes).
+/// RMS norm of one row: `out = x / sqrt(mean(x²) + eps) · g` (`g`: f32 LE bytes), with
+/// `Σ x²` summed as [`sum_f32`] sums and the factor from [`rms_inv`].
 #[inline(always)]
 pub fn rmsnorm(out: &mut [f32], x: &[f32], gain: &[u8]) {
-    let n = x.len().max(1) as f32;
-    let ms = dot_f32(x, x) / n;
-    let inv = 1.0 / libm::sqrtf(ms + crate::model::NORM_EPS);
-    for (i, (o, &v)) in out.iter_mut().zip(x).enumerate() {
-        *o = v * inv * f32_at(gain, i);
+    let mut acc = [0f32; SUM_LANES];
+    for ch in x.chunks(SUM_LANES) {
+        for (a, &v) in acc.iter_mut().zip(ch) {
+            *a += v * v;
+        }
     }
+    let inv = rms_inv(tree(acc), x.len());
+    for ((o, &v), g) in out.iter_mut().zip(x).zip(gain.chunks_exact(4)) {
+        *o = v * inv * f32::from_le_bytes([g[0], g[1], g[2], g[3]]);
+    }
+}
+
+/// `1 / sqrt(Σx² / n + eps)`: the factor of [`rmsnorm`].
+#[inline(always)]
+pub fn rms_inv(sum_sq: f32, n: usize) -> f32 {
+    1.0 / libm::sqrtf(sum_sq / n.max(1) as f32 + crate::model::NORM_EPS)
 }
 
 /// `exp(x)` to within ~2 ulp for x in [-87, 88] (inputs are clamped to that range),
@@ -207,18 +404,35 @@ pub fn max_abs_f32(x: &[f32]) -> f32 {
     acc.iter().fold(tail, |m, &v| m.max(v))
 }
 
-/// `Σ x_i` in 8 interleaved lanes.
+/// Lanes of [`sum_f32`].
+pub const SUM_LANES: usize = 16;
+
+/// `Σ x_i` in 16 interleaved lanes (lane `l` adds `x_l, x_(l+16), ..` in order, from 0),
+/// then a halving tree (lane `l` += lane `l+8`, then `l+4`, `l+2`, `l+1`): the order of a
+/// 16-lane vector sum followed by its usual horizontal reduction.
 #[inline(always)]
 pub fn sum_f32(x: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let c = x.chunks_exact(8);
-    let tail: f32 = c.remainder().iter().sum();
-    for ch in c {
+    let mut acc = [0f32; SUM_LANES];
+    for ch in x.chunks(SUM_LANES) {
         for (a, &v) in acc.iter_mut().zip(ch) {
             *a += v;
         }
     }
-    acc.iter().sum::<f32>() + tail
+    tree(acc)
+}
+
+/// The halving-tree sum of 16 lanes (see [`sum_f32`]).
+#[inline(always)]
+fn tree(mut acc: [f32; SUM_LANES]) -> f32 {
+    let mut w = SUM_LANES / 2;
+    while w > 0 {
+        let (lo, hi) = acc.split_at_mut(w);
+        for (a, &b) in lo.iter_mut().zip(hi.iter()) {
+            *a += b;
+        }
+        w /= 2;
+    }
+    acc[0]
 }
 
 /// `Σ a_i · b_i` in f32, summed in 8 interleaved lanes (so the loop vectorises; the

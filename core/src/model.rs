@@ -7,15 +7,19 @@
 //! i32 and scaled once per output (and group); norms, attention
 //! scores, softmax and quick_gelu stay in f32 (with `libm`). Embeddings are int8 rows.
 //!
+//! Every entry point has a `_with` twin that takes the [`Ops`] to run the heavy
+//! operations with (the host passes its vector kernels; the plain names use
+//! [`Portable`]); results are the same bit for bit.
+//!
 //! Dimension letters: n positions of an image (side²), T positions in a pass, d width,
 //! h heads, hd head width, k palette size.
 
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::format::{self, Header, ProbeRecord, MAX_CLASSES};
-use crate::kernels::{dot_f32, groups, matmul_q, matmul_qg, quick_gelu, rmsnorm, softmax};
+use crate::kernels::{groups, rmsnorm, softmax, AttnArgs, Mat, Ops, Portable};
 use crate::palette::Palette;
-use crate::quant::{f32_at, quantize_groups, quantize_rows};
+use crate::quant::f32_at;
 use crate::state::{KvCache, Scratch, MLP_ROWS};
 use crate::weights::{BlockWeights, Weights};
 
@@ -187,13 +191,27 @@ impl<'a> Model<'a> {
         s: &mut Scratch<'_>,
         out: &mut [f32],
     ) -> Result<()> {
+        self.features_with(&mut Portable, image, layer, s, out)
+    }
+
+    /// [`Model::features`] with the heavy operations run by `ops`.
+    #[inline(always)]
+    pub fn features_with<O: Ops>(
+        &self,
+        ops: &mut O,
+        image: &[u16],
+        layer: usize,
+        s: &mut Scratch<'_>,
+        out: &mut [f32],
+    ) -> Result<()> {
         s.check(&self.config)?;
-        self.features_in(image, layer, s.f, s.q, out)
+        self.features_in(ops, image, layer, s.f, s.q, out)
     }
 
     #[inline(always)]
-    fn features_in(
+    fn features_in<O: Ops>(
         &self,
+        ops: &mut O,
         image: &[u16],
         layer: usize,
         f: &mut [f32],
@@ -220,7 +238,18 @@ impl<'a> Model<'a> {
         self.embed_image(image, &mut w)?;
         for l in 0..layer {
             let b = self.weights.block(l)?;
-            block(&self.config, &b, w.x, 0, w.k, w.v, self.causal, &mut w.rest)?;
+            let kv = (&mut *w.k, &mut *w.v);
+            block(
+                ops,
+                l,
+                &self.config,
+                &b,
+                w.x,
+                0,
+                kv,
+                self.causal,
+                &mut w.rest,
+            )?;
         }
         let g = self.weights.feature_norm(layer)?;
         out.fill(0.0);
@@ -251,6 +280,17 @@ impl<'a> Model<'a> {
     /// layer, standardised, then the linear head and a softmax.
     #[inline(always)]
     pub fn classify(&self, image: &[u16], s: &mut Scratch<'_>) -> Result<Prediction> {
+        self.classify_with(&mut Portable, image, s)
+    }
+
+    /// [`Model::classify`] with the heavy operations run by `ops`.
+    #[inline(always)]
+    pub fn classify_with<O: Ops>(
+        &self,
+        ops: &mut O,
+        image: &[u16],
+        s: &mut Scratch<'_>,
+    ) -> Result<Prediction> {
         let p = self.probe.ok_or(Error::NoProbe)?;
         s.check(&self.config)?;
         let d = self.config.width;
@@ -258,7 +298,7 @@ impl<'a> Model<'a> {
         // forward's buffers are carved from the front.
         let total = s.f.len();
         let (front, feat) = s.f.split_at_mut(total - d);
-        self.features_in(image, p.layer as usize, front, s.q, feat)?;
+        self.features_in(ops, image, p.layer as usize, front, s.q, feat)?;
         let classes = p.classes as usize;
         let mut probs = heapless::Vec::<f32, MAX_CLASSES>::new();
         for c in 0..classes {
@@ -280,6 +320,18 @@ impl<'a> Model<'a> {
     /// predicting token `t` (AR) or scoring it (BERT). Needs a full model.
     #[inline(always)]
     pub fn logits(&self, image: &[u16], s: &mut Scratch<'_>, out: &mut [f32]) -> Result<()> {
+        self.logits_with(&mut Portable, image, s, out)
+    }
+
+    /// [`Model::logits`] with the heavy operations run by `ops`.
+    #[inline(always)]
+    pub fn logits_with<O: Ops>(
+        &self,
+        ops: &mut O,
+        image: &[u16],
+        s: &mut Scratch<'_>,
+        out: &mut [f32],
+    ) -> Result<()> {
         self.check_image(image)?;
         let (gain, head) = self.weights.head()?;
         let (n, d, k) = (self.config.seq_len(), self.config.width, self.config.vocab);
@@ -295,9 +347,20 @@ impl<'a> Model<'a> {
         self.embed_image(image, &mut w)?;
         for l in 0..self.config.layers {
             let b = self.weights.block(l)?;
-            block(&self.config, &b, w.x, 0, w.k, w.v, self.causal, &mut w.rest)?;
+            let kv = (&mut *w.k, &mut *w.v);
+            block(
+                ops,
+                l,
+                &self.config,
+                &b,
+                w.x,
+                0,
+                kv,
+                self.causal,
+                &mut w.rest,
+            )?;
         }
-        head_logits(w.x, gain, &head, d, &mut w.rest, out)
+        head_logits(ops, w.x, gain, &head, d, &mut w.rest, out)
     }
 
     /// One KV-cached step of an AR model: feeds token `id` (a colour, or SOS at position
@@ -305,6 +368,19 @@ impl<'a> Model<'a> {
     #[inline(always)]
     pub fn step(
         &self,
+        id: u16,
+        cache: &mut KvCache<'_>,
+        s: &mut Scratch<'_>,
+        out: &mut [f32],
+    ) -> Result<()> {
+        self.step_with(&mut Portable, id, cache, s, out)
+    }
+
+    /// [`Model::step`] with the heavy operations run by `ops`.
+    #[inline(always)]
+    pub fn step_with<O: Ops>(
+        &self,
+        ops: &mut O,
         id: u16,
         cache: &mut KvCache<'_>,
         s: &mut Scratch<'_>,
@@ -356,10 +432,10 @@ impl<'a> Model<'a> {
                 .v
                 .get_mut(l * layer_len..(l + 1) * layer_len)
                 .ok_or(OOB)?;
-            block(&self.config, &b, x, pos, kk, vv, true, &mut rest)?;
+            block(ops, l, &self.config, &b, x, pos, (kk, vv), true, &mut rest)?;
         }
         cache.len = pos + 1;
-        head_logits(x, gain, &head, d, &mut rest, out)
+        head_logits(ops, x, gain, &head, d, &mut rest, out)
     }
 }
 
@@ -445,13 +521,14 @@ impl<'w> Work<'w> {
 /// positions `0..=p` (causal) or `0..T` (bidirectional, then `p0` must be 0).
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn block(
+fn block<O: Ops>(
+    ops: &mut O,
+    layer: usize,
     c: &Config,
     b: &BlockWeights<'_>,
     x: &mut [f32],
     p0: usize,
-    keys: &mut [f32],
-    vals: &mut [f32],
+    (keys, vals): (&mut [f32], &mut [f32]),
     causal: bool,
     r: &mut Rest<'_>,
 ) -> Result<()> {
@@ -463,65 +540,51 @@ fn block(
     let aq = r.aq.get_mut(..rows).ok_or(OOB)?;
     let xs = r.xs.get_mut(..t_len).ok_or(OOB)?;
     let q = r.q.get_mut(..rows).ok_or(OOB)?;
-    // a = rmsnorm(x) · ln_1, quantized per row.
-    for (ar, xr) in a.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-        rmsnorm(ar, xr, b.ln_1);
-    }
-    quantize_rows(a, d, aq, xs);
+    // rmsnorm(x) · ln_1, quantized per row.
+    ops.norm_quant(x, d, b.ln_1, a, aq, xs);
     // q, k, v (T, d); k and v land at their positions.
-    matmul_q(q, aq, xs, &b.q, false);
+    ops.matmul(layer, Mat::Q, q, aq, xs, &b.q, false);
     let kr = keys.get_mut(p0 * d..span * d).ok_or(OOB)?;
-    matmul_q(kr, aq, xs, &b.k, false);
+    ops.matmul(layer, Mat::K, kr, aq, xs, &b.k, false);
     let vr = vals.get_mut(p0 * d..span * d).ok_or(OOB)?;
-    matmul_q(vr, aq, xs, &b.v, false);
-    // Attention per row and head, into a (T, d).
-    let scale = 1.0 / libm::sqrtf(hd as f32);
-    for (i, (ar, qr)) in a.chunks_exact_mut(d).zip(q.chunks_exact(d)).enumerate() {
-        let seen = if causal { p0 + i + 1 } else { span };
-        let sc = r.scores.get_mut(..seen).ok_or(OOB)?;
-        let kk = keys.get(..seen * d).ok_or(OOB)?;
-        let vv = vals.get(..seen * d).ok_or(OOB)?;
-        for (h, (oh, qh)) in ar.chunks_exact_mut(hd).zip(qr.chunks_exact(hd)).enumerate() {
-            let cols = h * hd..(h + 1) * hd;
-            for (s, kr) in sc.iter_mut().zip(kk.chunks_exact(d)) {
-                *s = dot_f32(qh, kr.get(cols.clone()).unwrap_or(&[])) * scale;
-            }
-            softmax(sc);
-            oh.fill(0.0);
-            for (&p, vr) in sc.iter().zip(vv.chunks_exact(d)) {
-                for (o, &v) in oh.iter_mut().zip(vr.get(cols.clone()).unwrap_or(&[])) {
-                    *o += p * v;
-                }
-            }
-        }
-    }
+    ops.matmul(layer, Mat::V, vr, aq, xs, &b.v, false);
+    // Attention of every row and head, into a (T, d).
+    let args = AttnArgs {
+        q,
+        keys: keys.get(..span * d).ok_or(OOB)?,
+        vals: vals.get(..span * d).ok_or(OOB)?,
+        p0,
+        causal,
+        width: d,
+        head_dim: hd,
+        scale: 1.0 / libm::sqrtf(hd as f32),
+    };
+    let scores = r.scores.get_mut(..span).ok_or(OOB)?;
+    ops.attention(a, &args, scores);
     // x += att · c_proj
-    quantize_rows(a, d, aq, xs);
-    matmul_q(x, aq, xs, &b.c_proj, true);
+    ops.quantize(a, d, aq, xs);
+    ops.matmul(layer, Mat::Proj, x, aq, xs, &b.c_proj, true);
     // MLP in groups of MLP_ROWS rows: x += quick_gelu(rmsnorm(x) · c_fc) · mlp_proj
     for xg in x.chunks_mut(MLP_ROWS * d) {
         let g = xg.len() / d;
         let ag = a.get_mut(..g * d).ok_or(OOB)?;
-        for (ar, xr) in ag.chunks_exact_mut(d).zip(xg.chunks_exact(d)) {
-            rmsnorm(ar, xr, b.ln_2);
-        }
         let aqg = aq.get_mut(..g * d).ok_or(OOB)?;
         let xsg = xs.get_mut(..g).ok_or(OOB)?;
-        quantize_rows(ag, d, aqg, xsg);
+        ops.norm_quant(xg, d, b.ln_2, ag, aqg, xsg);
         let hid = r.hid.get_mut(..g * m).ok_or(OOB)?;
-        matmul_q(hid, aqg, xsg, &b.c_fc, false);
-        quick_gelu(hid);
+        ops.matmul(layer, Mat::Fc, hid, aqg, xsg, &b.c_fc, false);
         let hq = r.hq.get_mut(..g * m).ok_or(OOB)?;
         let hs = r.hs.get_mut(..g * groups(m)).ok_or(OOB)?;
-        quantize_groups(hid, m, hq, hs);
-        matmul_qg(xg, hq, hs, &b.mlp_proj, true);
+        ops.gelu_quant(hid, m, hq, hs);
+        ops.matmul_grouped(layer, xg, hq, hs, &b.mlp_proj, true);
     }
     Ok(())
 }
 
 /// `out (T, k) = quantize(rmsnorm(x) · ln_f) · lm_headᵀ`.
 #[inline(always)]
-fn head_logits(
+fn head_logits<O: Ops>(
+    ops: &mut O,
     x: &[f32],
     gain: &[u8],
     head: &crate::weights::QMat<'_>,
@@ -531,12 +594,9 @@ fn head_logits(
 ) -> Result<()> {
     let t_len = x.len() / d;
     let a = r.a.get_mut(..t_len * d).ok_or(OOB)?;
-    for (ar, xr) in a.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
-        rmsnorm(ar, xr, gain);
-    }
     let aq = r.aq.get_mut(..t_len * d).ok_or(OOB)?;
     let xs = r.xs.get_mut(..t_len).ok_or(OOB)?;
-    quantize_rows(a, d, aq, xs);
-    matmul_q(out, aq, xs, head, false);
+    ops.norm_quant(x, d, gain, a, aq, xs);
+    ops.matmul(0, Mat::Head, out, aq, xs, head, false);
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 use crate::checkpoint::Checkpoint;
 use crate::export::{dequantized, is_bert, ProbeHead};
+use crate::int8_kernels::{FastOps, Packed};
 use crate::model::{Capture, Captures, Gpt};
 use anyhow::{Context, Result};
 use dfdx::prelude::{Cpu, NoneTape};
@@ -31,33 +32,36 @@ impl Buffers {
     }
 }
 
-/// `model.classify` compiled for the best vector extension this CPU has (igpt-core's
-/// forward is `#[inline(always)]` down to its kernels, so all of it is recompiled here);
-/// the same code as the portable path, so results are identical bit for bit.
+/// `model.classify_with(ops)`: the heavy operations run by the vector kernels of
+/// [`crate::int8_kernels`], the rest of the forward compiled for the best vector extension
+/// this CPU has (igpt-core's forward is `#[inline(always)]`, so all of it is recompiled
+/// here). Results equal the portable path's bit for bit.
 #[multiversion(targets(
     "x86_64+avx512f+avx512bw+avx512dq+avx512vl+avx512vnni",
     "x86_64+avx2+fma"
 ))]
 pub fn classify(
     model: &Model<'_>,
+    ops: &mut FastOps<'_>,
     image: &[u16],
     s: &mut Scratch<'_>,
 ) -> igpt_core::Result<Prediction> {
-    model.classify(image, s)
+    model.classify_with(ops, image, s)
 }
 
-/// `model.logits`, dispatched like [`classify`].
+/// `model.logits_with(ops)`, dispatched like [`classify`].
 #[multiversion(targets(
     "x86_64+avx512f+avx512bw+avx512dq+avx512vl+avx512vnni",
     "x86_64+avx2+fma"
 ))]
 pub fn logits(
     model: &Model<'_>,
+    ops: &mut FastOps<'_>,
     image: &[u16],
     s: &mut Scratch<'_>,
     out: &mut [f32],
 ) -> igpt_core::Result<()> {
-    model.logits(image, s, out)
+    model.logits_with(ops, image, s, out)
 }
 
 /// Reads an image file and tokenizes it at the model's resolution with its palette.
@@ -77,13 +81,14 @@ pub fn image_tokens(model: &Model<'_>, path: &Path) -> Result<Vec<u16>> {
 /// Classifies every image with the core (in parallel, one scratch per task).
 pub fn classify_all(model: &Model<'_>, images: &[Vec<u16>]) -> Result<Vec<Prediction>> {
     let c = *model.config();
+    let packed = Packed::new(model)?;
     images
         .par_iter()
         .map_init(
-            || Buffers::new(&c),
-            |b, img| -> Result<Prediction> {
+            || (Buffers::new(&c), packed.ops()),
+            |(b, ops), img| -> Result<Prediction> {
                 let mut s = b.scratch(&c)?;
-                Ok(classify(model, img, &mut s)?)
+                Ok(classify(model, ops, img, &mut s)?)
             },
         )
         .collect()
@@ -105,13 +110,14 @@ pub fn f32_features(
 pub fn int8_bits_per_dim(model: &Model<'_>, images: &[Vec<u16>]) -> Result<f64> {
     let c = *model.config();
     let (n, k) = (c.seq_len(), c.vocab);
+    let packed = Packed::new(model)?;
     let nats: Vec<f64> = images
         .par_iter()
         .map_init(
-            || (Buffers::new(&c), vec![0f32; n * k]),
-            |(b, lg), img| -> Result<f64> {
+            || (Buffers::new(&c), vec![0f32; n * k], packed.ops()),
+            |(b, lg, ops), img| -> Result<f64> {
                 let mut s = b.scratch(&c)?;
-                logits(model, img, &mut s, lg)?;
+                logits(model, ops, img, &mut s, lg)?;
                 Ok(lg
                     .chunks_exact(k)
                     .zip(img)
@@ -238,12 +244,14 @@ pub fn bench(model: &Model<'_>, images: &[Vec<u16>], batch: usize) -> Result<(f6
     let (layer, _) = model.probe().context("the model file has no probe head")?;
     let mut b = Buffers::new(&c);
     let mut s = b.scratch(&c)?;
+    let packed = Packed::new(model)?;
+    let mut ops = packed.ops();
     // Warm up once each.
-    classify(model, &images[0], &mut s)?;
+    classify(model, &mut ops, &images[0], &mut s)?;
     let t0 = std::time::Instant::now();
     let mut sink = 0usize;
     for img in images {
-        sink += classify(model, img, &mut s)?.class;
+        sink += classify(model, &mut ops, img, &mut s)?.class;
     }
     let int8 = images.len() as f64 / t0.elapsed().as_secs_f64();
     // f32: the stored blocks only, so both stop at the probe layer.

@@ -20,6 +20,7 @@ pub mod export;
 pub mod finetune;
 pub mod hf;
 pub mod int8;
+pub mod int8_kernels;
 pub mod io;
 pub mod kernels;
 pub mod model;

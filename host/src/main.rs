@@ -1056,10 +1056,12 @@ fn classify_cmd(a: ClassifyArgs) -> Result<()> {
     let model = igpt_core::Model::parse(&bytes)?;
     let c = *model.config();
     let mut buf = igpt::int8::Buffers::new(&c);
+    let packed = igpt::int8_kernels::Packed::new(&model)?;
+    let mut ops = packed.ops();
     for path in &a.images {
         let tokens = igpt::int8::image_tokens(&model, path)?;
         let mut s = buf.scratch(&c)?;
-        let p = igpt::int8::classify(&model, &tokens, &mut s)
+        let p = igpt::int8::classify(&model, &mut ops, &tokens, &mut s)
             .map_err(|e| anyhow::anyhow!("{}: {e}", a.model.display()))?;
         let name = model.class_name(p.class);
         println!(

@@ -297,3 +297,62 @@ fn bench_runs_on_a_file_cut_at_probe_layer_zero() {
     let twin = igpt::export::dequantized(&model).unwrap();
     assert_eq!(twin.h.len(), 0);
 }
+
+#[test]
+fn host_vector_kernels_equal_the_portable_core() {
+    use igpt::int8_kernels::{simd_available, Packed};
+    if !simd_available() {
+        eprintln!("skipped: this CPU has no AVX-512 VNNI, the host's vector kernels never run");
+        return;
+    }
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    // The tiny HF model (d 32, head width 16): every kernel takes it.
+    let (ck, bytes) = tiny_file(false);
+    let c = ck.config;
+    let model = Model::parse(&bytes).unwrap();
+    let packed = Packed::new(&model).unwrap();
+    assert!(packed.simd());
+    let mut ops = packed.ops();
+    let (mut fb, mut qb) = buffers(&c);
+    let mut s = igpt_core::Scratch::new(&c, &mut fb, &mut qb).unwrap();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let img: Vec<u16> = (0..c.seq_len())
+        .map(|_| rng.gen_range(0..c.vocab as u16))
+        .collect();
+    let mut plain = vec![0f32; c.seq_len() * c.vocab];
+    let mut fast = plain.clone();
+    model.logits(&img, &mut s, &mut plain).unwrap();
+    igpt::int8::logits(&model, &mut ops, &img, &mut s, &mut fast).unwrap();
+    assert_eq!(bits(&fast), bits(&plain));
+    let mut kv = vec![0f32; igpt_core::kv_f32_len(&c)];
+    let mut cache = KvCache::new(&c, &mut kv).unwrap();
+    let mut step = vec![0f32; c.vocab];
+    for t in 0..c.seq_len() {
+        let id = if t == 0 { c.sos() as u16 } else { img[t - 1] };
+        model
+            .step_with(&mut ops, id, &mut cache, &mut s, &mut step)
+            .unwrap();
+        assert_eq!(bits(&step), bits(&plain[t * c.vocab..(t + 1) * c.vocab]));
+    }
+    // The committed Fashion-MNIST firmware model (trained; d 128, head width 32).
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../firmware-examples/models/fm-fw.igpt"
+    );
+    let bytes = std::fs::read(path).unwrap();
+    let model = Model::parse(&bytes).unwrap();
+    let c = *model.config();
+    let packed = Packed::new(&model).unwrap();
+    let mut ops = packed.ops();
+    let (mut fb, mut qb) = buffers(&c);
+    let mut s = igpt_core::Scratch::new(&c, &mut fb, &mut qb).unwrap();
+    for _ in 0..10 {
+        let img: Vec<u16> = (0..c.seq_len())
+            .map(|_| rng.gen_range(0..c.vocab as u16))
+            .collect();
+        let a = model.classify(&img, &mut s).unwrap();
+        let b = igpt::int8::classify(&model, &mut ops, &img, &mut s).unwrap();
+        assert_eq!(a.class, b.class);
+        assert_eq!(bits(&a.probs), bits(&b.probs));
+    }
+}
