@@ -495,6 +495,14 @@ mod x86 {
         } else {
             (0.0, 0.0)
         };
+        round_store(x, n, inv, q);
+        scale
+    }
+
+    /// `q = round_q(x · inv)` for `n` values (a multiple of 16).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn round_store(x: *const f32, n: usize, inv: f32, q: *mut i8) {
         let (vinv, half, zero) = (
             _mm512_set1_ps(inv),
             _mm512_set1_ps(0.5),
@@ -511,7 +519,6 @@ mod x86 {
             let m = _mm512_mask_sub_epi32(m, neg, zero, m);
             _mm_storeu_si128(q.add(i) as *mut __m128i, _mm512_cvtepi32_epi8(m));
         }
-        scale
     }
 
     /// igpt-core's `quantize_rows` for rows of `cols` values (a multiple of 16).
@@ -563,17 +570,89 @@ mod x86 {
     /// AVX-512 F/BW present; `q` as long as `h`, `s` one per group.
     #[target_feature(enable = "avx512f,avx512bw")]
     pub unsafe fn gelu_quant(h: &mut [f32], q: &mut [i8], s: &mut [f32]) {
-        let c = _mm512_set1_ps(-igpt_core::model::QUICK_GELU);
-        let one = _mm512_set1_ps(1.0);
-        for (gi, sg) in s.iter_mut().enumerate().take(h.len() / GROUP) {
-            let p = h.as_mut_ptr().add(gi * GROUP);
-            for i in (0..GROUP).step_by(16) {
-                let v = _mm512_loadu_ps(p.add(i));
-                let e = exp16(_mm512_mul_ps(c, v));
-                _mm512_storeu_ps(p.add(i), _mm512_div_ps(v, _mm512_add_ps(one, e)));
+        const { assert!(GROUP == 32) };
+        let ng = (h.len() / GROUP).min(s.len());
+        let (hp, qp, sp) = (h.as_mut_ptr(), q.as_mut_ptr(), s.as_mut_ptr());
+        // Sixteen groups at a time: their maxima gathered into one vector, so the scales
+        // are two vector divisions.
+        let mut g0 = 0;
+        while g0 + 16 <= ng {
+            let p = hp.add(g0 * GROUP);
+            let mut m = [_mm512_setzero_ps(); 16];
+            for (g, mg) in m.iter_mut().enumerate() {
+                for i in [0, 16] {
+                    let y = gelu16(_mm512_loadu_ps(p.add(g * GROUP + i)));
+                    _mm512_storeu_ps(p.add(g * GROUP + i), y);
+                    *mg = _mm512_max_ps(_mm512_abs_ps(y), *mg);
+                }
             }
-            *sg = quant_row(p, GROUP, q.as_mut_ptr().add(gi * GROUP));
+            let amax = max_16x16(&m);
+            let qmax = _mm512_set1_ps(igpt_core::quant::QMAX);
+            let pos = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(amax, _mm512_setzero_ps());
+            _mm512_storeu_ps(sp.add(g0), _mm512_maskz_div_ps(pos, amax, qmax));
+            let mut inv = [0f32; 16];
+            _mm512_storeu_ps(inv.as_mut_ptr(), _mm512_maskz_div_ps(pos, qmax, amax));
+            for (g, &iv) in inv.iter().enumerate() {
+                let at = (g0 + g) * GROUP;
+                round_store(hp.add(at), GROUP, iv, qp.add(at));
+            }
+            g0 += 16;
         }
+        for gi in g0..ng {
+            let p = hp.add(gi * GROUP);
+            for i in [0, 16] {
+                _mm512_storeu_ps(p.add(i), gelu16(_mm512_loadu_ps(p.add(i))));
+            }
+            *sp.add(gi) = quant_row(p, GROUP, qp.add(gi * GROUP));
+        }
+    }
+
+    /// igpt-core's `quick_gelu` on 16 lanes: `v / (1 + fast_exp(-1.702 · v))`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn gelu16(v: __m512) -> __m512 {
+        let c = _mm512_set1_ps(-igpt_core::model::QUICK_GELU);
+        let e = exp16(_mm512_mul_ps(c, v));
+        _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0), e))
+    }
+
+    /// Lane `g` of the result = the largest lane of `m[g]` (16 horizontal maxima at once:
+    /// halving shuffles, then one permutation back into group order). Max is exact, so
+    /// the order does not matter.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn max_16x16(m: &[__m512; 16]) -> __m512 {
+        // 16 → 8 vectors: 128-bit lanes 0-1 of c[k] hold group 2k, lanes 2-3 group 2k+1.
+        let mut c = [_mm512_setzero_ps(); 8];
+        for (k, ck) in c.iter_mut().enumerate() {
+            let (a, b) = (m[2 * k], m[2 * k + 1]);
+            let lo = _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b);
+            let hi = _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b);
+            *ck = _mm512_max_ps(lo, hi);
+        }
+        // 8 → 4: 128-bit lane L of e[k] holds group 4k + L.
+        let mut e = [_mm512_setzero_ps(); 4];
+        for (k, ek) in e.iter_mut().enumerate() {
+            let (a, b) = (c[2 * k], c[2 * k + 1]);
+            let lo = _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b);
+            let hi = _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b);
+            *ek = _mm512_max_ps(lo, hi);
+        }
+        // Within 128-bit lanes: element k of lane L = the max of group 4k + L.
+        let f0 = _mm512_max_ps(
+            _mm512_unpacklo_ps(e[0], e[1]),
+            _mm512_unpackhi_ps(e[0], e[1]),
+        );
+        let f1 = _mm512_max_ps(
+            _mm512_unpacklo_ps(e[2], e[3]),
+            _mm512_unpackhi_ps(e[2], e[3]),
+        );
+        let u = _mm512_shuffle_ps::<0b01_00_01_00>(f0, f1);
+        let v = _mm512_shuffle_ps::<0b11_10_11_10>(f0, f1);
+        let g = _mm512_max_ps(u, v);
+        // Position 4L + k holds group 4k + L: move group G to position G.
+        let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        _mm512_permutexvar_ps(idx, g)
     }
 
     /// igpt-core's `fast_exp` on 16 lanes, operation for operation (no fused
@@ -663,94 +742,160 @@ mod x86 {
         let t = out.len() / d;
         let span = a.keys.len() / d;
         let sp = span.div_ceil(16) * 16;
-        kt.clear();
-        kt.resize(d * sp, 0.0);
+        // Lanes past `span` are never read unmasked, so neither buffer needs clearing.
+        if kt.len() < d * sp {
+            kt.resize(d * sp, 0.0);
+        }
+        if probs.len() < 4 * sp {
+            probs.resize(4 * sp, 0.0);
+        }
         for (j, kr) in a.keys.chunks_exact(d).enumerate() {
             for (cc, &v) in kr.iter().enumerate() {
                 kt[cc * sp + j] = v;
             }
         }
-        probs.clear();
-        probs.resize(4 * sp, 0.0);
-        let (ktp, pp, qp, vp, op) = (
-            kt.as_ptr(),
-            probs.as_mut_ptr(),
-            a.q.as_ptr(),
-            a.vals.as_ptr(),
-            out.as_mut_ptr(),
-        );
-        let seen_of = |i: usize| {
-            if a.causal {
-                (a.p0 + i + 1).min(span)
-            } else {
-                span
-            }
+        let cx = Attn {
+            kt: kt.as_ptr(),
+            sp,
+            probs: probs.as_mut_ptr(),
+            q: a.q.as_ptr(),
+            vals: a.vals.as_ptr(),
+            out: out.as_mut_ptr(),
+            d,
+            hd,
+            p0: a.p0,
+            span,
+            causal: a.causal,
+            scale: a.scale,
         };
-        let scale = _mm512_set1_ps(a.scale);
+        let hv = hd / 16;
         for h in 0..d / hd {
             let mut i0 = 0;
             while i0 < t {
                 let mr = (t - i0).min(4);
-                let blocks = seen_of(i0 + mr - 1).div_ceil(16);
-                // Scores of rows i0..i0+mr: Σ_e q_e · kᵀ[e][j..j+16], e in order, two
-                // blocks of 16 positions at a time.
-                let mut jb = 0;
-                while jb < blocks {
-                    let nj = (blocks - jb).min(2);
-                    let mut acc = [[_mm512_setzero_ps(); 2]; 4];
-                    for e in 0..hd {
-                        let kr = ktp.add((h * hd + e) * sp + jb * 16);
-                        let kv = [_mm512_loadu_ps(kr), _mm512_loadu_ps(kr.add(16 * (nj - 1)))];
-                        for (r, ac) in acc.iter_mut().enumerate().take(mr) {
-                            let qv = _mm512_set1_ps(*qp.add((i0 + r) * d + h * hd + e));
-                            for (a, &k) in ac.iter_mut().zip(&kv) {
-                                *a = _mm512_add_ps(*a, _mm512_mul_ps(qv, k));
-                            }
+                macro_rules! go {
+                    ($($m:literal),*) => {
+                        match (mr, hv) {
+                            $(
+                                ($m, 1) => cx.rows::<$m, 1>(h, i0),
+                                ($m, 2) => cx.rows::<$m, 2>(h, i0),
+                                ($m, 3) => cx.rows::<$m, 3>(h, i0),
+                                ($m, 4) => cx.rows::<$m, 4>(h, i0),
+                                ($m, 5) => cx.rows::<$m, 5>(h, i0),
+                                ($m, 6) => cx.rows::<$m, 6>(h, i0),
+                                ($m, 7) => cx.rows::<$m, 7>(h, i0),
+                                ($m, 8) => cx.rows::<$m, 8>(h, i0),
+                            )*
+                            _ => {}
                         }
-                    }
-                    for (r, ac) in acc.iter().enumerate().take(mr) {
-                        for (b, &a) in ac.iter().enumerate().take(nj) {
-                            let dst = pp.add(r * sp + (jb + b) * 16);
-                            _mm512_storeu_ps(dst, _mm512_mul_ps(a, scale));
-                        }
-                    }
-                    jb += nj;
+                    };
                 }
-                for r in 0..mr {
-                    softmax(pp.add(r * sp), seen_of(i0 + r));
-                }
-                // out_e = Σ_j p_j · v_je, j in order: the four rows together while all
-                // see position j, then each row's own tail.
-                let hv = hd / 16;
-                let common = seen_of(i0);
-                let mut o = [[_mm512_setzero_ps(); MAX_HV]; 4];
-                for j in 0..common {
-                    let vr = vp.add(j * d + h * hd);
-                    for v in 0..hv {
-                        let vv = _mm512_loadu_ps(vr.add(v * 16));
-                        for (r, or) in o.iter_mut().enumerate().take(mr) {
-                            let p = _mm512_set1_ps(*pp.add(r * sp + j));
-                            or[v] = _mm512_add_ps(or[v], _mm512_mul_ps(p, vv));
-                        }
-                    }
-                }
-                for (r, or) in o.iter_mut().enumerate().take(mr) {
-                    for j in common..seen_of(i0 + r) {
-                        let p = _mm512_set1_ps(*pp.add(r * sp + j));
-                        let vr = vp.add(j * d + h * hd);
-                        for (v, ov) in or.iter_mut().enumerate().take(hv) {
-                            *ov = _mm512_add_ps(
-                                *ov,
-                                _mm512_mul_ps(p, _mm512_loadu_ps(vr.add(v * 16))),
-                            );
-                        }
-                    }
-                    let orow = op.add((i0 + r) * d + h * hd);
-                    for (v, &ov) in or.iter().enumerate().take(hv) {
-                        _mm512_storeu_ps(orow.add(v * 16), ov);
-                    }
-                }
+                go!(4, 3, 2, 1);
                 i0 += mr;
+            }
+        }
+    }
+
+    /// One attention call's buffers, by raw pointers into what [`attention`] checked.
+    struct Attn {
+        kt: *const f32,
+        sp: usize,
+        probs: *mut f32,
+        q: *const f32,
+        vals: *const f32,
+        out: *mut f32,
+        d: usize,
+        hd: usize,
+        p0: usize,
+        span: usize,
+        causal: bool,
+        scale: f32,
+    }
+
+    impl Attn {
+        /// Positions query row `i` sees.
+        #[inline]
+        fn seen(&self, i: usize) -> usize {
+            if self.causal {
+                (self.p0 + i + 1).min(self.span)
+            } else {
+                self.span
+            }
+        }
+
+        /// Rows `i0..i0+MR` of head `h` (head width `16·HV`): scores, softmax, values.
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn rows<const MR: usize, const HV: usize>(&self, h: usize, i0: usize) {
+            let blocks = self.seen(i0 + MR - 1).div_ceil(16);
+            let mut jb = 0;
+            while jb + 2 <= blocks {
+                self.scores::<MR, 2>(h, i0, jb);
+                jb += 2;
+            }
+            if jb < blocks {
+                self.scores::<MR, 1>(h, i0, jb);
+            }
+            for r in 0..MR {
+                softmax(self.probs.add(r * self.sp), self.seen(i0 + r));
+            }
+            // out_e = Σ_j p_j · v_je, j in order: the rows together while all see
+            // position j, then each row's own tail.
+            let common = self.seen(i0);
+            let mut o = [[_mm512_setzero_ps(); HV]; MR];
+            for j in 0..common {
+                let vr = self.vals.add(j * self.d + h * self.hd);
+                let mut p = [_mm512_setzero_ps(); MR];
+                for (r, pr) in p.iter_mut().enumerate() {
+                    *pr = _mm512_set1_ps(*self.probs.add(r * self.sp + j));
+                }
+                for v in 0..HV {
+                    let vv = _mm512_loadu_ps(vr.add(v * 16));
+                    for (or, &pr) in o.iter_mut().zip(&p) {
+                        or[v] = _mm512_add_ps(or[v], _mm512_mul_ps(pr, vv));
+                    }
+                }
+            }
+            for (r, or) in o.iter_mut().enumerate() {
+                for j in common..self.seen(i0 + r) {
+                    let p = _mm512_set1_ps(*self.probs.add(r * self.sp + j));
+                    let vr = self.vals.add(j * self.d + h * self.hd);
+                    for (v, ov) in or.iter_mut().enumerate() {
+                        *ov = _mm512_add_ps(*ov, _mm512_mul_ps(p, _mm512_loadu_ps(vr.add(v * 16))));
+                    }
+                }
+                let orow = self.out.add((i0 + r) * self.d + h * self.hd);
+                for (v, &ov) in or.iter().enumerate() {
+                    _mm512_storeu_ps(orow.add(v * 16), ov);
+                }
+            }
+        }
+
+        /// Scores of rows `i0..i0+MR` against positions `16·jb .. 16·(jb+NJ)`:
+        /// `(Σ_e q_e · kᵀ[e][j], e in order) · scale`.
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn scores<const MR: usize, const NJ: usize>(&self, h: usize, i0: usize, jb: usize) {
+            let mut acc = [[_mm512_setzero_ps(); NJ]; MR];
+            for e in 0..self.hd {
+                let kr = self.kt.add((h * self.hd + e) * self.sp + jb * 16);
+                let mut kv = [_mm512_setzero_ps(); NJ];
+                for (b, k) in kv.iter_mut().enumerate() {
+                    *k = _mm512_loadu_ps(kr.add(b * 16));
+                }
+                for (r, ar) in acc.iter_mut().enumerate() {
+                    let qv = _mm512_set1_ps(*self.q.add((i0 + r) * self.d + h * self.hd + e));
+                    for (a, &k) in ar.iter_mut().zip(&kv) {
+                        *a = _mm512_add_ps(*a, _mm512_mul_ps(qv, k));
+                    }
+                }
+            }
+            let scale = _mm512_set1_ps(self.scale);
+            for (r, ar) in acc.iter().enumerate() {
+                for (b, &a) in ar.iter().enumerate() {
+                    let dst = self.probs.add(r * self.sp + (jb + b) * 16);
+                    _mm512_storeu_ps(dst, _mm512_mul_ps(a, scale));
+                }
             }
         }
     }
@@ -935,15 +1080,19 @@ mod tests {
             (q, bits(&s), q2, bits(&s2))
         };
         assert_eq!(run(true), run(false));
-        let m = 64usize;
-        let h: Vec<f32> = (0..t * m).map(|_| r.gen_range(-6.0..6.0)).collect();
-        let gelu = |simd: bool| {
-            let mut h = h.clone();
-            let (mut q, mut s) = (vec![0i8; t * m], vec![0f32; t * ck::groups(m)]);
-            ops(simd).gelu_quant(&mut h, m, &mut q, &mut s);
-            (bits(&h), q, bits(&s))
-        };
-        assert_eq!(gelu(true), gelu(false));
+        // Groups of 32 sixteen at a time and one at a time: 10 groups, 48, 21.
+        for (t, m) in [(5usize, 64usize), (3, 512), (7, 96)] {
+            let mut h: Vec<f32> = (0..t * m).map(|_| r.gen_range(-6.0..6.0)).collect();
+            h[32..64].fill(0.0);
+            h[70] = 3e4;
+            let gelu = |simd: bool| {
+                let mut h = h.clone();
+                let (mut q, mut s) = (vec![0i8; t * m], vec![0f32; t * ck::groups(m)]);
+                ops(simd).gelu_quant(&mut h, m, &mut q, &mut s);
+                (bits(&h), q, bits(&s))
+            };
+            assert_eq!(gelu(true), gelu(false), "t={t} m={m}");
+        }
     }
 
     #[test]
