@@ -179,6 +179,9 @@ struct BenchInferArgs {
     /// Images per f32 forward (the f32 side is batched; the core runs one at a time).
     #[arg(long, default_value_t = 32)]
     batch: usize,
+    /// Alternating int8 / f32 rounds; each side keeps its best.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 #[derive(clap::Args)]
@@ -1011,6 +1014,8 @@ fn vectors_cmd(a: VectorsArgs) -> Result<()> {
         .truncate(a.count)
         .with_channels(model.palette().channels())?;
     let mut buf = igpt::int8::Buffers::new(&c);
+    let packed = igpt::int8_kernels::Packed::new(&model)?;
+    let mut ops = packed.ops();
     let mut out = Vec::new();
     out.extend_from_slice(b"IGPTVEC1");
     out.extend_from_slice(&(ds.len() as u32).to_le_bytes());
@@ -1020,8 +1025,9 @@ fn vectors_cmd(a: VectorsArgs) -> Result<()> {
         let mut t = vec![0u16; c.seq_len()];
         model.palette().tokenize(ds.image(i), &mut t)?;
         let mut s = buf.scratch(&c)?;
-        // The portable core path, exactly what firmware runs.
-        let p = model.classify(&t, &mut s)?;
+        // The host's vector kernels: the firmware runs the portable path and checks the
+        // two agree bit for bit.
+        let p = igpt::int8::classify(&model, &mut ops, &t, &mut s)?;
         for v in &t {
             out.extend_from_slice(&v.to_le_bytes());
         }
@@ -1116,7 +1122,7 @@ fn bench_infer_cmd(a: BenchInferArgs) -> Result<()> {
                 .collect()
         })
         .collect();
-    let (int8, f32s) = igpt::int8::bench(&model, &images, a.batch)?;
+    let r = igpt::int8::bench(&model, &images, a.batch, a.rounds)?;
     let (layer, classes) = model.probe().unwrap_or((0, 0));
     println!(
         "bench infer: {}x{}, width {}, probe layer {layer} ({} MMAC per image), {} images, 1 thread",
@@ -1126,9 +1132,28 @@ fn bench_infer_cmd(a: BenchInferArgs) -> Result<()> {
         c.probe_macs(layer, classes) / 1_000_000,
         a.images
     );
-    println!("int8 igpt-core: {int8:.2} images/s (one image at a time)");
-    println!("f32 dfdx:       {f32s:.2} images/s (batch {})", a.batch);
-    println!("speedup={:.2}", int8 / f32s);
+    let kernels = if r.simd {
+        "host AVX-512 VNNI kernels"
+    } else {
+        "portable kernels: this CPU has no AVX-512 VNNI"
+    };
+    println!(
+        "int8 igpt-core:  {:8.2} images/s (one image at a time, {kernels}; best of {} rounds)",
+        r.int8,
+        a.rounds.max(1)
+    );
+    println!(
+        "int8 portable:   {:8.2} images/s (the same forward with igpt-core's portable kernels)",
+        r.int8_portable
+    );
+    println!(
+        "f32 dfdx:        {:8.2} images/s (batch {}; best of {} rounds, alternating with int8)",
+        r.f32_batched,
+        a.batch,
+        a.rounds.max(1)
+    );
+    println!("f32 dfdx:        {:8.2} images/s (batch 1)", r.f32_single);
+    println!("speedup={:.2}", r.speedup());
     Ok(())
 }
 

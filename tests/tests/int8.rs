@@ -291,8 +291,8 @@ fn bench_runs_on_a_file_cut_at_probe_layer_zero() {
     assert_eq!(report.stored_layers, 0);
     let model = Model::parse(&bytes).unwrap();
     let images = vec![vec![3u16; c.seq_len()]; 4];
-    let (int8, f32s) = igpt::int8::bench(&model, &images, 2).unwrap();
-    assert!(int8 > 0.0 && f32s > 0.0);
+    let r = igpt::int8::bench(&model, &images, 2, 1).unwrap();
+    assert!(r.int8 > 0.0 && r.int8_portable > 0.0 && r.f32_batched > 0.0 && r.f32_single > 0.0);
     // The f32 twin of a zero-block file gives the layer-0 features of the full model.
     let twin = igpt::export::dequantized(&model).unwrap();
     assert_eq!(twin.h.len(), 0);
