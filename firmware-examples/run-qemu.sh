@@ -24,6 +24,8 @@ if ! command -v qemu-system-arm >/dev/null; then
     apt-get update -qq || exit 1
     apt-get install -y -qq --no-install-recommends libfdt1 libcapstone4 libpmem1 \
       librdmacm1 libibverbs1 libslirp0 libvdeplug2 >/dev/null || exit 1
+    # dpkg -x does not create missing parents (a fresh machine has no ~/.cache).
+    mkdir -p "$qdir" || exit 1
     tmp=$(mktemp -d)
     (cd "$tmp" && apt-get download qemu-system-arm >/dev/null && dpkg -x qemu-system-arm_*.deb "$qdir") || exit 1
     rm -rf "$tmp"
