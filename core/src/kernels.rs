@@ -138,10 +138,10 @@ pub trait Ops {
         matmul_qg(out, xq, xs, w, add);
     }
 
-    /// [`attention`]; `scores` holds at least `p0+T` values.
+    /// [`attention`]; `work` holds at least `(p0+T)·(hd+1)` values.
     #[inline(always)]
-    fn attention(&mut self, out: &mut [f32], a: &AttnArgs<'_>, scores: &mut [f32]) {
-        attention(out, a, scores);
+    fn attention(&mut self, out: &mut [f32], a: &AttnArgs<'_>, work: &mut [f32]) {
+        attention(out, a, work);
     }
 }
 
@@ -151,41 +151,63 @@ pub struct Portable;
 
 impl Ops for Portable {}
 
-/// Attention, written plainly (the reference of every [`Ops::attention`]): for each query
-/// row `i` and head, `score_j = (Σ_e q_e · k_je, in order of e) · scale` over the positions
-/// `j` it sees, [`softmax`], then `out_e = Σ_j p_j · v_je` in order of `j`.
+/// Attention, written plainly (the reference of every [`Ops::attention`]): for each head
+/// and query row `i`, `score_j = (Σ_e q_e · k_je, in order of e) · scale` over the
+/// positions `j` it sees, [`softmax`], then `out_e = Σ_j p_j · v_je` in order of `j`.
+///
+/// `work` (at least `span·(hd+1)` values, `span = p0+T`) holds one row's scores and the
+/// head's keys transposed, `kᵀ[e][j]`, so the scores of 16 positions are one loop over
+/// contiguous memory that compilers vectorise (the order per score is unchanged).
 #[inline(always)]
-pub fn attention(out: &mut [f32], a: &AttnArgs<'_>, scores: &mut [f32]) {
+pub fn attention(out: &mut [f32], a: &AttnArgs<'_>, work: &mut [f32]) {
     let (d, hd) = (a.width, a.head_dim);
     if d == 0 || hd == 0 {
         return;
     }
     let span = a.keys.len() / d;
-    for (i, (orow, qrow)) in out.chunks_exact_mut(d).zip(a.q.chunks_exact(d)).enumerate() {
-        let seen = if a.causal {
-            (a.p0 + i + 1).min(span)
-        } else {
-            span
-        };
-        let Some(sc) = scores.get_mut(..seen) else {
-            return;
-        };
-        for (h, (oh, qh)) in orow
-            .chunks_exact_mut(hd)
-            .zip(qrow.chunks_exact(hd))
-            .enumerate()
-        {
-            let cols = h * hd..(h + 1) * hd;
-            for (s, kr) in sc.iter_mut().zip(a.keys.chunks_exact(d)) {
-                let mut acc = 0f32;
-                for (&x, &y) in qh.iter().zip(kr.get(cols.clone()).unwrap_or(&[])) {
-                    acc += x * y;
+    let Some((sc, kt)) = work.split_at_mut_checked(span) else {
+        return;
+    };
+    let Some(kt) = kt.get_mut(..span * hd) else {
+        return;
+    };
+    for h in 0..d / hd {
+        let cols = h * hd..(h + 1) * hd;
+        for (j, kr) in a.keys.chunks_exact(d).enumerate() {
+            for (e, &k) in kr.get(cols.clone()).unwrap_or(&[]).iter().enumerate() {
+                if let Some(t) = kt.get_mut(e * span + j) {
+                    *t = k;
                 }
-                *s = acc * a.scale;
             }
-            softmax(sc);
+        }
+        for (i, (orow, qrow)) in out.chunks_exact_mut(d).zip(a.q.chunks_exact(d)).enumerate() {
+            let seen = if a.causal {
+                (a.p0 + i + 1).min(span)
+            } else {
+                span
+            };
+            let (Some(s), Some(qh), Some(oh)) = (
+                sc.get_mut(..seen),
+                qrow.get(cols.clone()),
+                orow.get_mut(cols.clone()),
+            ) else {
+                return;
+            };
+            for (jb, sb) in s.chunks_mut(SUM_LANES).enumerate() {
+                let mut acc = [0f32; SUM_LANES];
+                for (e, &qe) in qh.iter().enumerate() {
+                    let kr = kt.get(e * span + jb * SUM_LANES..).unwrap_or(&[]);
+                    for (x, &k) in acc.iter_mut().zip(kr) {
+                        *x += qe * k;
+                    }
+                }
+                for (x, &v) in sb.iter_mut().zip(&acc) {
+                    *x = v * a.scale;
+                }
+            }
+            softmax(s);
             oh.fill(0.0);
-            for (&p, vr) in sc.iter().zip(a.vals.chunks_exact(d)) {
+            for (&p, vr) in s.iter().zip(a.vals.chunks_exact(d)) {
                 for (o, &v) in oh.iter_mut().zip(vr.get(cols.clone()).unwrap_or(&[])) {
                     *o += p * v;
                 }

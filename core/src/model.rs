@@ -469,8 +469,8 @@ struct Rest<'w> {
     a: &'w mut [f32],
     /// Queries (n, d).
     q: &'w mut [f32],
-    /// Attention weights of one query (n).
-    scores: &'w mut [f32],
+    /// Attention's work: scores and one head's transposed keys.
+    attn: &'w mut [f32],
     /// Row scales of `aq` (n).
     xs: &'w mut [f32],
     /// MLP hidden rows (MLP_ROWS, 4d).
@@ -492,7 +492,9 @@ impl<'w> Work<'w> {
         let (q, f) = f.split_at_mut_checked(n * d).ok_or(OOB)?;
         let (k, f) = f.split_at_mut_checked(n * d).ok_or(OOB)?;
         let (v, f) = f.split_at_mut_checked(n * d).ok_or(OOB)?;
-        let (scores, f) = f.split_at_mut_checked(n).ok_or(OOB)?;
+        let (attn, f) = f
+            .split_at_mut_checked(crate::state::attn_work_len(c))
+            .ok_or(OOB)?;
         let (xs, f) = f.split_at_mut_checked(n).ok_or(OOB)?;
         let (hid, f) = f.split_at_mut_checked(MLP_ROWS * m).ok_or(OOB)?;
         let (hs, _) = f.split_at_mut_checked(MLP_ROWS * groups(m)).ok_or(OOB)?;
@@ -505,7 +507,7 @@ impl<'w> Work<'w> {
             rest: Rest {
                 a,
                 q,
-                scores,
+                attn,
                 xs,
                 hid,
                 hs,
@@ -559,8 +561,7 @@ fn block<O: Ops>(
         head_dim: hd,
         scale: 1.0 / libm::sqrtf(hd as f32),
     };
-    let scores = r.scores.get_mut(..span).ok_or(OOB)?;
-    ops.attention(a, &args, scores);
+    ops.attention(a, &args, r.attn);
     // x += att · c_proj
     ops.quantize(a, d, aq, xs);
     ops.matmul(layer, Mat::Proj, x, aq, xs, &b.c_proj, true);

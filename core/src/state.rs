@@ -9,16 +9,24 @@ use crate::error::{Error, Result};
 pub const MLP_ROWS: usize = 16;
 
 /// f32 elements of a [`Scratch`] for a config: residual stream, norm/attention output,
-/// queries, keys and values (`5·n·d`), attention scores and row scales (`2n`), the MLP's
-/// hidden rows and their group scales (`MLP_ROWS·(4d + ⌈4d/32⌉)`), and the probe's
-/// features (`d`).
+/// queries, keys and values (`5·n·d`), attention's work (see [`attn_work_len`]) and row
+/// scales (`n`), the MLP's hidden rows and their group scales (`MLP_ROWS·(4d + ⌈4d/32⌉)`),
+/// and the probe's features (`d`).
 pub const fn scratch_f32_len(c: &Config) -> usize {
     let nd = c.seq_len().saturating_mul(c.width);
     let m = c.mlp_width();
     nd.saturating_mul(5)
-        .saturating_add(c.seq_len().saturating_mul(2))
+        .saturating_add(attn_work_len(c))
+        .saturating_add(c.seq_len())
         .saturating_add(MLP_ROWS.saturating_mul(m.saturating_add(crate::kernels::groups(m))))
         .saturating_add(c.width)
+}
+
+/// f32 elements of attention's work buffer: one query's scores (`n`) and one head's keys
+/// transposed (`n·hd`), so the scores of 16 positions are one contiguous loop.
+pub const fn attn_work_len(c: &Config) -> usize {
+    let hd = if c.heads == 0 { 0 } else { c.width / c.heads };
+    c.seq_len().saturating_mul(hd.saturating_add(1))
 }
 
 /// i8 elements of a [`Scratch`]: quantized activations (`n·d`) and MLP hidden rows

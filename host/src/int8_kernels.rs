@@ -135,7 +135,9 @@ impl Packed {
     }
 }
 
-/// [`Ops`] with the vector kernels; one per thread (it owns small work buffers).
+/// [`Ops`] with the vector kernels; one per thread (it owns small work buffers). Its
+/// methods are `#[inline(always)]` so that, inside a caller compiled for AVX-512 / AVX2
+/// (`igpt::int8::classify`), the portable fallbacks are compiled for it too.
 #[derive(Debug)]
 pub struct FastOps<'p> {
     packed: &'p Packed,
@@ -171,6 +173,7 @@ impl FastOps<'_> {
 }
 
 impl Ops for FastOps<'_> {
+    #[inline(always)]
     fn norm_quant(
         &mut self,
         x: &[f32],
@@ -191,6 +194,7 @@ impl Ops for FastOps<'_> {
         ck::Portable.norm_quant(x, cols, gain, tmp, q, s);
     }
 
+    #[inline(always)]
     fn quantize(&mut self, x: &[f32], cols: usize, q: &mut [i8], s: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if self
@@ -204,6 +208,7 @@ impl Ops for FastOps<'_> {
         ck::Portable.quantize(x, cols, q, s);
     }
 
+    #[inline(always)]
     fn gelu_quant(&mut self, h: &mut [f32], cols: usize, q: &mut [i8], s: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if self
@@ -217,6 +222,7 @@ impl Ops for FastOps<'_> {
         ck::Portable.gelu_quant(h, cols, q, s);
     }
 
+    #[inline(always)]
     fn matmul(
         &mut self,
         layer: usize,
@@ -242,6 +248,7 @@ impl Ops for FastOps<'_> {
         ck::matmul_q(out, xq, xs, w, add);
     }
 
+    #[inline(always)]
     fn matmul_grouped(
         &mut self,
         layer: usize,
@@ -266,7 +273,8 @@ impl Ops for FastOps<'_> {
         ck::matmul_qg(out, xq, xs, w, add);
     }
 
-    fn attention(&mut self, out: &mut [f32], a: &AttnArgs<'_>, scores: &mut [f32]) {
+    #[inline(always)]
+    fn attention(&mut self, out: &mut [f32], a: &AttnArgs<'_>, work: &mut [f32]) {
         #[cfg(target_arch = "x86_64")]
         if self.packed.simd {
             let (d, hd) = (a.width, a.head_dim);
@@ -287,7 +295,7 @@ impl Ops for FastOps<'_> {
                 return;
             }
         }
-        ck::attention(out, a, scores);
+        ck::attention(out, a, work);
     }
 }
 
@@ -1047,7 +1055,7 @@ mod tests {
                         head_dim: hd,
                         scale: 1.0 / (hd as f32).sqrt(),
                     };
-                    let mut sc = vec![0f32; span];
+                    let mut sc = vec![0f32; span * (hd + 1)];
                     let (mut fast, mut plain) = (vec![9f32; t * d], vec![7f32; t * d]);
                     ops(true).attention(&mut fast, &a, &mut sc);
                     ck::attention(&mut plain, &a, &mut sc);
