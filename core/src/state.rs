@@ -25,7 +25,10 @@ pub const fn scratch_f32_len(c: &Config) -> usize {
 /// f32 elements of attention's work buffer: one query's scores (`n`) and one head's keys
 /// transposed (`n·hd`), so the scores of 16 positions are one contiguous loop.
 pub const fn attn_work_len(c: &Config) -> usize {
-    let hd = if c.heads == 0 { 0 } else { c.width / c.heads };
+    let hd = match c.width.checked_div(c.heads) {
+        Some(hd) => hd,
+        None => 0,
+    };
     c.seq_len().saturating_mul(hd.saturating_add(1))
 }
 
