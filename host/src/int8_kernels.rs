@@ -351,7 +351,7 @@ mod x86 {
             let nbk = (nb - b0).min(nbt);
             let mut r0 = 0;
             while r0 < t {
-                let mr = (t - r0).min(4);
+                let mr = (t - r0).min(if grouped { 4 } else { 6 });
                 let tile = Tile {
                     out: op.add(r0 * o + b0 * 16),
                     o,
@@ -375,7 +375,10 @@ mod x86 {
                         }
                     };
                 }
-                go!(4 4, 4 3, 4 2, 4 1, 3 4, 3 3, 3 2, 3 1, 2 4, 2 3, 2 2, 2 1, 1 4, 1 3, 1 2, 1 1);
+                go!(
+                    6 4, 6 3, 6 2, 6 1, 5 4, 5 3, 5 2, 5 1, 4 4, 4 3, 4 2, 4 1, 3 4, 3 3, 3 2,
+                    3 1, 2 4, 2 3, 2 2, 2 1, 1 4, 1 3, 1 2, 1 1
+                );
                 r0 += mr;
             }
             b0 += nbk;
@@ -698,38 +701,53 @@ mod x86 {
         _mm512_cvtss_f32(v)
     }
 
-    /// igpt-core's `softmax` of `s[..seen]` in place (`s` has room for whole 16-lane
-    /// blocks; lanes past `seen` end up 0).
+    /// The mask of the lanes of block `b` below `seen`.
+    #[inline]
+    fn lanes_below(seen: usize, b: usize) -> __mmask16 {
+        let left = seen.saturating_sub(b * 16);
+        if left >= 16 {
+            0xffff
+        } else {
+            ((1u32 << left) - 1) as __mmask16
+        }
+    }
+
+    /// igpt-core's `softmax` of rows `s + r·sp` (`seen[r]` values each) in place; each row
+    /// has room for whole 16-lane blocks (lanes past `seen` end up 0). The rows'
+    /// exponentials interleave, so their dependency chains overlap.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn softmax(s: *mut f32, seen: usize) {
-        let blocks = seen.div_ceil(16);
-        let mask = |b: usize| -> __mmask16 {
-            let left = seen - b * 16;
-            if left >= 16 {
-                0xffff
-            } else {
-                ((1u32 << left) - 1) as __mmask16
+    unsafe fn softmax_rows<const MR: usize>(s: *mut f32, sp: usize, seen: &[usize; MR]) {
+        let mut mx = [_mm512_setzero_ps(); MR];
+        let mut sum = [_mm512_setzero_ps(); MR];
+        let mut blocks = 0;
+        for (r, m) in mx.iter_mut().enumerate() {
+            let mut v = _mm512_set1_ps(f32::NEG_INFINITY);
+            for b in 0..seen[r].div_ceil(16) {
+                let x = _mm512_mask_loadu_ps(v, lanes_below(seen[r], b), s.add(r * sp + b * 16));
+                v = _mm512_max_ps(v, x);
             }
-        };
-        let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
-        for b in 0..blocks {
-            let v = _mm512_mask_loadu_ps(m, mask(b), s.add(b * 16));
-            m = _mm512_max_ps(m, v);
+            *m = _mm512_set1_ps(_mm512_reduce_max_ps(v));
+            blocks = blocks.max(seen[r].div_ceil(16));
         }
-        let m = _mm512_set1_ps(_mm512_reduce_max_ps(m));
-        let mut sum = _mm512_setzero_ps();
         for b in 0..blocks {
-            let e = exp16(_mm512_sub_ps(_mm512_loadu_ps(s.add(b * 16)), m));
-            let e = _mm512_maskz_mov_ps(mask(b), e);
-            _mm512_storeu_ps(s.add(b * 16), e);
-            sum = _mm512_add_ps(sum, e);
+            for (r, (m, su)) in mx.iter().zip(sum.iter_mut()).enumerate() {
+                if b * 16 < seen[r] {
+                    let p = s.add(r * sp + b * 16);
+                    let e = exp16(_mm512_sub_ps(_mm512_loadu_ps(p), *m));
+                    let e = _mm512_maskz_mov_ps(lanes_below(seen[r], b), e);
+                    _mm512_storeu_ps(p, e);
+                    *su = _mm512_add_ps(*su, e);
+                }
+            }
         }
-        let sum = tree_sum(sum);
-        let inv = _mm512_set1_ps(if sum > 0.0 { 1.0 / sum } else { 0.0 });
-        for b in 0..blocks {
-            let p = s.add(b * 16);
-            _mm512_storeu_ps(p, _mm512_mul_ps(_mm512_loadu_ps(p), inv));
+        for (r, &su) in sum.iter().enumerate() {
+            let total = tree_sum(su);
+            let inv = _mm512_set1_ps(if total > 0.0 { 1.0 / total } else { 0.0 });
+            for b in 0..seen[r].div_ceil(16) {
+                let p = s.add(r * sp + b * 16);
+                _mm512_storeu_ps(p, _mm512_mul_ps(_mm512_loadu_ps(p), inv));
+            }
         }
     }
 
@@ -844,9 +862,11 @@ mod x86 {
             if jb < blocks {
                 self.scores::<MR, 1>(h, i0, jb);
             }
-            for r in 0..MR {
-                softmax(self.probs.add(r * self.sp), self.seen(i0 + r));
+            let mut seen = [0usize; MR];
+            for (r, sr) in seen.iter_mut().enumerate() {
+                *sr = self.seen(i0 + r);
             }
+            softmax_rows::<MR>(self.probs, self.sp, &seen);
             // out_e = Σ_j p_j · v_je, j in order: the rows together while all see
             // position j, then each row's own tail.
             let common = self.seen(i0);
