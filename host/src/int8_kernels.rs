@@ -124,7 +124,8 @@ impl Packed {
         self.blocks.get(layer)?.get(which.index())?.as_ref()
     }
 
-    /// The per-thread operations over these packed weights.
+    /// The per-thread operations over these packed weights; run them only on the model
+    /// they were packed from (they are looked up by layer and matrix).
     pub fn ops(&self) -> FastOps<'_> {
         FastOps {
             packed: self,

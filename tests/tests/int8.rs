@@ -233,7 +233,19 @@ fn every_truncation_and_byte_flip_errs_or_verifies() {
                 let mut s = igpt_core::Scratch::new(m.config(), &mut fb, &mut qb);
                 if let Ok(s) = s.as_mut() {
                     let img = vec![1u16; m.config().seq_len()];
-                    let _ = m.classify(&img, s);
+                    let plain = m.classify(&img, s);
+                    // The host's vector kernels too (flipped scales can make NaN or
+                    // infinities): no panic, and the same result as the portable code.
+                    if let Ok(packed) = igpt::int8_kernels::Packed::new(&m) {
+                        let fast = igpt::int8::classify(&m, &mut packed.ops(), &img, s);
+                        if let (Ok(a), Ok(b)) = (&plain, &fast) {
+                            let bits =
+                                |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                            assert_eq!((a.class, bits(&a.probs)), (b.class, bits(&b.probs)));
+                        } else {
+                            assert_eq!(plain.is_ok(), fast.is_ok());
+                        }
+                    }
                 }
                 verified += 1;
             }
