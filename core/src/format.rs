@@ -9,7 +9,7 @@
 //! carved out of the blob by offsets computed from the shape. Everything is checked (magic,
 //! version, checksum, every length against the shape) before a single weight is used.
 //!
-//! The host writer ([`write`]) uses these same definitions, so writer and reader cannot
+//! The host writer ([`write()`]) uses these same definitions, so writer and reader cannot
 //! drift apart.
 
 use crate::config::{Config, MAX_VOCAB};

@@ -72,7 +72,7 @@ pub struct AttnArgs<'a> {
 /// functions; an implementation (the host's vector kernels) must equal them bit for bit.
 pub trait Ops {
     /// Rows of `x` (`cols` each) through [`rmsnorm`] with `gain`, then quantized into
-    /// `q` and `s` ([`quantize_rows`]). `tmp` (as long as `x`) may hold the normed rows.
+    /// `q` and `s` ([`quantize_rows`](crate::quant::quantize_rows)). `tmp` (as long as `x`) may hold the normed rows.
     #[inline(always)]
     fn norm_quant(
         &mut self,

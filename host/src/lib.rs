@@ -5,7 +5,7 @@
 //! - [`model_args`]: the model-shape flags shared by every subcommand that builds a model.
 //! - [`demo`]: `igpt demo`, the whole pipeline on an embedded Fashion-MNIST subset.
 //! - [`export`]: int8 model files (`igpt export`); [`int8`]: running them with igpt-core.
-//! - [`device`]: `--device cpu|cuda`; [`bench`]: the parity check and training-speed
+//! - [`device`]: `--device cpu|cuda`; [`bench`](mod@bench): the parity check and training-speed
 //!   accounting.
 //! - [`io`]: atomic file writes and PNG output; [`progress`]: progress bars.
 //!
