@@ -193,12 +193,24 @@ pub fn attention(out: &mut [f32], a: &AttnArgs<'_>, work: &mut [f32]) {
             ) else {
                 return;
             };
-            for (jb, sb) in s.chunks_mut(SUM_LANES).enumerate() {
-                let mut acc = [0f32; SUM_LANES];
+            // 64 positions per pass: four independent 16-lane sums per input `e`, so
+            // the loop vectorises and its adds do not wait on each other.
+            const SPAN: usize = 4 * SUM_LANES;
+            for (jc, sb) in s.chunks_mut(SPAN).enumerate() {
+                let mut acc = [0f32; SPAN];
                 for (e, &qe) in qh.iter().enumerate() {
-                    let kr = kt.get(e * span + jb * SUM_LANES..).unwrap_or(&[]);
-                    for (x, &k) in acc.iter_mut().zip(kr) {
-                        *x += qe * k;
+                    let at = e * span + jc * SPAN;
+                    match kt.get(at..at + SPAN).map(<&[f32; SPAN]>::try_from) {
+                        Some(Ok(kr)) => {
+                            for (x, &k) in acc.iter_mut().zip(kr) {
+                                *x += qe * k;
+                            }
+                        }
+                        _ => {
+                            for (x, &k) in acc.iter_mut().zip(kt.get(at..).unwrap_or(&[])) {
+                                *x += qe * k;
+                            }
+                        }
                     }
                 }
                 for (x, &v) in sb.iter_mut().zip(&acc) {
