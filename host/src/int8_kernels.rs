@@ -930,9 +930,9 @@ mod x86 {
     }
 }
 
-/// Test access to the 16-lane twins of igpt-core's scalar functions.
-#[cfg(target_arch = "x86_64")]
-pub mod twins {
+/// The 16-lane twins of igpt-core's scalar functions, on slices, for the tests.
+#[cfg(all(test, target_arch = "x86_64"))]
+mod twins {
     /// `fast_exp` on each value through the 16-lane kernel (`None` without AVX-512).
     pub fn exp(x: &[f32]) -> Option<Vec<f32>> {
         if !super::simd_available() {
