@@ -559,7 +559,44 @@ mod x86 {
         s: &mut [f32],
     ) {
         let gp = gain.as_ptr() as *const f32;
-        for (r, sr) in s.iter_mut().enumerate().take(x.len() / cols) {
+        let rows = (x.len() / cols).min(s.len());
+        let (xp, tp, qp) = (x.as_ptr(), tmp.as_mut_ptr(), q.as_mut_ptr());
+        // Sixteen rows at a time: their Σx² and maxima reduced together.
+        let mut r0 = 0;
+        while r0 + 16 <= rows {
+            let mut acc = [_mm512_setzero_ps(); 16];
+            for (r, a) in acc.iter_mut().enumerate() {
+                let xr = xp.add((r0 + r) * cols);
+                for i in (0..cols).step_by(16) {
+                    let v = _mm512_loadu_ps(xr.add(i));
+                    *a = _mm512_add_ps(*a, _mm512_mul_ps(v, v));
+                }
+            }
+            // rms_inv on 16 rows: 1 / sqrt(Σx² / n + eps), each step correctly rounded.
+            let ms = _mm512_div_ps(reduce_16x16::<false>(&acc), _mm512_set1_ps(cols as f32));
+            let ms = _mm512_add_ps(ms, _mm512_set1_ps(igpt_core::model::NORM_EPS));
+            let inv = _mm512_div_ps(_mm512_set1_ps(1.0), _mm512_sqrt_ps(ms));
+            let mut invs = [0f32; 16];
+            _mm512_storeu_ps(invs.as_mut_ptr(), inv);
+            let mut m = [_mm512_setzero_ps(); 16];
+            for (r, (mr, &iv)) in m.iter_mut().zip(&invs).enumerate() {
+                let (xr, tr) = (xp.add((r0 + r) * cols), tp.add((r0 + r) * cols));
+                let iv = _mm512_set1_ps(iv);
+                for i in (0..cols).step_by(16) {
+                    let v = _mm512_mul_ps(_mm512_loadu_ps(xr.add(i)), iv);
+                    let y = _mm512_mul_ps(v, _mm512_loadu_ps(gp.add(i)));
+                    _mm512_storeu_ps(tr.add(i), y);
+                    *mr = _mm512_max_ps(_mm512_abs_ps(y), *mr);
+                }
+            }
+            let qinv = scales16(reduce_16x16::<true>(&m), s.as_mut_ptr().add(r0));
+            for (r, &iv) in qinv.iter().enumerate() {
+                let at = (r0 + r) * cols;
+                round_store(tp.add(at), cols, iv, qp.add(at));
+            }
+            r0 += 16;
+        }
+        for (r, sr) in s.iter_mut().enumerate().take(rows).skip(r0) {
             let (xr, tr) = (x.as_ptr().add(r * cols), tmp.as_mut_ptr().add(r * cols));
             let mut acc = _mm512_setzero_ps();
             for i in (0..cols).step_by(16) {
@@ -598,12 +635,7 @@ mod x86 {
                     *mg = _mm512_max_ps(_mm512_abs_ps(y), *mg);
                 }
             }
-            let amax = max_16x16(&m);
-            let qmax = _mm512_set1_ps(igpt_core::quant::QMAX);
-            let pos = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(amax, _mm512_setzero_ps());
-            _mm512_storeu_ps(sp.add(g0), _mm512_maskz_div_ps(pos, amax, qmax));
-            let mut inv = [0f32; 16];
-            _mm512_storeu_ps(inv.as_mut_ptr(), _mm512_maskz_div_ps(pos, qmax, amax));
+            let inv = scales16(reduce_16x16::<true>(&m), sp.add(g0));
             for (g, &iv) in inv.iter().enumerate() {
                 let at = (g0 + g) * GROUP;
                 round_store(hp.add(at), GROUP, iv, qp.add(at));
@@ -628,43 +660,69 @@ mod x86 {
         _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0), e))
     }
 
-    /// Lane `g` of the result = the largest lane of `m[g]` (16 horizontal maxima at once:
-    /// halving shuffles, then one permutation back into group order). Max is exact, so
-    /// the order does not matter.
+    /// `a max b` (`MAX`) or `a + b`.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn max_16x16(m: &[__m512; 16]) -> __m512 {
-        // 16 → 8 vectors: 128-bit lanes 0-1 of c[k] hold group 2k, lanes 2-3 group 2k+1.
+    unsafe fn op<const MAX: bool>(a: __m512, b: __m512) -> __m512 {
+        if MAX {
+            _mm512_max_ps(a, b)
+        } else {
+            _mm512_add_ps(a, b)
+        }
+    }
+
+    /// Lane `g` of the result = the max (`MAX`) or the sum of the lanes of `m[g]`: 16
+    /// horizontal reductions at once by halving shuffles, then one permutation back into
+    /// order. The sums follow `tree_sum`'s order exactly: lanes `l` and `l+8` (128-bit
+    /// lanes 0 and 2, 1 and 3), then `l+4`, `l+2`, `l+1`.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn reduce_16x16<const MAX: bool>(m: &[__m512; 16]) -> __m512 {
+        // 16 → 8 vectors: 128-bit lanes 0-1 of c[k] hold row 2k (l + l+8), 2-3 row 2k+1.
         let mut c = [_mm512_setzero_ps(); 8];
         for (k, ck) in c.iter_mut().enumerate() {
             let (a, b) = (m[2 * k], m[2 * k + 1]);
             let lo = _mm512_shuffle_f32x4::<0b01_00_01_00>(a, b);
             let hi = _mm512_shuffle_f32x4::<0b11_10_11_10>(a, b);
-            *ck = _mm512_max_ps(lo, hi);
+            *ck = op::<MAX>(lo, hi);
         }
-        // 8 → 4: 128-bit lane L of e[k] holds group 4k + L.
+        // 8 → 4: 128-bit lane L of e[k] holds row 4k + L (l + l+4).
         let mut e = [_mm512_setzero_ps(); 4];
         for (k, ek) in e.iter_mut().enumerate() {
             let (a, b) = (c[2 * k], c[2 * k + 1]);
             let lo = _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b);
             let hi = _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b);
-            *ek = _mm512_max_ps(lo, hi);
+            *ek = op::<MAX>(lo, hi);
         }
-        // Within 128-bit lanes: element k of lane L = the max of group 4k + L.
-        let f0 = _mm512_max_ps(
+        // Within 128-bit lanes (l + l+2, then l + l+1): element k of lane L = row 4k + L.
+        let f0 = op::<MAX>(
             _mm512_unpacklo_ps(e[0], e[1]),
             _mm512_unpackhi_ps(e[0], e[1]),
         );
-        let f1 = _mm512_max_ps(
+        let f1 = op::<MAX>(
             _mm512_unpacklo_ps(e[2], e[3]),
             _mm512_unpackhi_ps(e[2], e[3]),
         );
         let u = _mm512_shuffle_ps::<0b01_00_01_00>(f0, f1);
         let v = _mm512_shuffle_ps::<0b11_10_11_10>(f0, f1);
-        let g = _mm512_max_ps(u, v);
-        // Position 4L + k holds group 4k + L: move group G to position G.
+        let g = op::<MAX>(u, v);
+        // Position 4L + k holds row 4k + L: move row G to position G.
         let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
         _mm512_permutexvar_ps(idx, g)
+    }
+
+    /// Row scales and the inverse scales of 16 rows' largest magnitudes `amax`, as
+    /// `quantize_row` computes them one by one (`amax / 127`, `127 / amax`, 0 for 0):
+    /// stores the scales at `s`, returns the inverses.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn scales16(amax: __m512, s: *mut f32) -> [f32; 16] {
+        let qmax = _mm512_set1_ps(igpt_core::quant::QMAX);
+        let pos = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(amax, _mm512_setzero_ps());
+        _mm512_storeu_ps(s, _mm512_maskz_div_ps(pos, amax, qmax));
+        let mut inv = [0f32; 16];
+        _mm512_storeu_ps(inv.as_mut_ptr(), _mm512_maskz_div_ps(pos, qmax, amax));
+        inv
     }
 
     /// igpt-core's `fast_exp` on 16 lanes, operation for operation (no fused
@@ -776,7 +834,15 @@ mod x86 {
         if probs.len() < 4 * sp {
             probs.resize(4 * sp, 0.0);
         }
-        for (j, kr) in a.keys.chunks_exact(d).enumerate() {
+        // kᵀ: 16x16 tiles in registers, the last span % 16 positions one by one.
+        let whole = span / 16 * 16;
+        for j0 in (0..whole).step_by(16) {
+            for c0 in (0..d).step_by(16) {
+                let src = a.keys.as_ptr().add(j0 * d + c0);
+                transpose_16x16(src, d, kt.as_mut_ptr().add(c0 * sp + j0), sp);
+            }
+        }
+        for (j, kr) in a.keys.chunks_exact(d).enumerate().skip(whole) {
             for (cc, &v) in kr.iter().enumerate() {
                 kt[cc * sp + j] = v;
             }
@@ -820,6 +886,42 @@ mod x86 {
                 go!(4, 3, 2, 1);
                 i0 += mr;
             }
+        }
+    }
+
+    /// Writes the transpose of the 16x16 tile at `src` (rows `ss` apart) to `dst` (rows
+    /// `ds` apart).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn transpose_16x16(src: *const f32, ss: usize, dst: *mut f32, ds: usize) {
+        let mut r = [_mm512_setzero_ps(); 16];
+        for (i, ri) in r.iter_mut().enumerate() {
+            *ri = _mm512_loadu_ps(src.add(i * ss));
+        }
+        // Pairs of rows: in each 128-bit lane, [a0 b0 a1 b1] and [a2 b2 a3 b3].
+        let mut t = [_mm512_setzero_ps(); 16];
+        for k in 0..8 {
+            t[2 * k] = _mm512_unpacklo_ps(r[2 * k], r[2 * k + 1]);
+            t[2 * k + 1] = _mm512_unpackhi_ps(r[2 * k], r[2 * k + 1]);
+        }
+        // Quads of rows: u[4k + c], 128-bit lane L = rows 4k..4k+4 at column 4L + c.
+        let mut u = [_mm512_setzero_ps(); 16];
+        for k in 0..4 {
+            u[4 * k] = _mm512_shuffle_ps::<0x44>(t[4 * k], t[4 * k + 2]);
+            u[4 * k + 1] = _mm512_shuffle_ps::<0xEE>(t[4 * k], t[4 * k + 2]);
+            u[4 * k + 2] = _mm512_shuffle_ps::<0x44>(t[4 * k + 1], t[4 * k + 3]);
+            u[4 * k + 3] = _mm512_shuffle_ps::<0xEE>(t[4 * k + 1], t[4 * k + 3]);
+        }
+        // A 4x4 transpose of 128-bit lanes: column 4L + c gathers lane L of u[c + 4R].
+        for c in 0..4 {
+            let v0 = _mm512_shuffle_f32x4::<0x44>(u[c], u[4 + c]);
+            let v1 = _mm512_shuffle_f32x4::<0xEE>(u[c], u[4 + c]);
+            let v2 = _mm512_shuffle_f32x4::<0x44>(u[8 + c], u[12 + c]);
+            let v3 = _mm512_shuffle_f32x4::<0xEE>(u[8 + c], u[12 + c]);
+            _mm512_storeu_ps(dst.add(c * ds), _mm512_shuffle_f32x4::<0x88>(v0, v2));
+            _mm512_storeu_ps(dst.add((4 + c) * ds), _mm512_shuffle_f32x4::<0xDD>(v0, v2));
+            _mm512_storeu_ps(dst.add((8 + c) * ds), _mm512_shuffle_f32x4::<0x88>(v1, v3));
+            _mm512_storeu_ps(dst.add((12 + c) * ds), _mm512_shuffle_f32x4::<0xDD>(v1, v3));
         }
     }
 
@@ -1093,7 +1195,7 @@ mod tests {
             return;
         }
         let mut r = rng();
-        let (t, d) = (5usize, 48usize);
+        let (t, d) = (37usize, 48usize);
         let gain: Vec<u8> = (0..d)
             .flat_map(|_| r.gen_range(0.3f32..1.5).to_le_bytes())
             .collect();
