@@ -236,7 +236,25 @@ impl<'a> Model<'a> {
         let n = self.config.seq_len();
         let mut w = Work::split(f, q, &self.config)?;
         self.embed_image(image, &mut w)?;
-        for l in 0..layer {
+        self.run_blocks(ops, &mut w, layer)?;
+        let g = self.weights.feature_norm(layer)?;
+        out.fill(0.0);
+        let a = w.rest.a.get_mut(..d).ok_or(OOB)?;
+        for xr in w.x.chunks_exact(d) {
+            rmsnorm(a, xr, g);
+            for (o, v) in out.iter_mut().zip(a.iter()) {
+                *o += v;
+            }
+        }
+        let inv = 1.0 / n as f32;
+        out.iter_mut().for_each(|o| *o *= inv);
+        Ok(())
+    }
+
+    /// Blocks `0..upto` over the whole sequence in `w.x`.
+    #[inline(always)]
+    fn run_blocks<O: Ops>(&self, ops: &mut O, w: &mut Work<'_>, upto: usize) -> Result<()> {
+        for l in 0..upto {
             let b = self.weights.block(l)?;
             let kv = (&mut *w.k, &mut *w.v);
             block(
@@ -251,17 +269,6 @@ impl<'a> Model<'a> {
                 &mut w.rest,
             )?;
         }
-        let g = self.weights.feature_norm(layer)?;
-        out.fill(0.0);
-        let a = w.rest.a.get_mut(..d).ok_or(OOB)?;
-        for xr in w.x.chunks_exact(d) {
-            rmsnorm(a, xr, g);
-            for (o, v) in out.iter_mut().zip(a.iter()) {
-                *o += v;
-            }
-        }
-        let inv = 1.0 / n as f32;
-        out.iter_mut().for_each(|o| *o *= inv);
         Ok(())
     }
 
@@ -345,21 +352,7 @@ impl<'a> Model<'a> {
         s.check(&self.config)?;
         let mut w = Work::split(s.f, s.q, &self.config)?;
         self.embed_image(image, &mut w)?;
-        for l in 0..self.config.layers {
-            let b = self.weights.block(l)?;
-            let kv = (&mut *w.k, &mut *w.v);
-            block(
-                ops,
-                l,
-                &self.config,
-                &b,
-                w.x,
-                0,
-                kv,
-                self.causal,
-                &mut w.rest,
-            )?;
-        }
+        self.run_blocks(ops, &mut w, self.config.layers)?;
         head_logits(ops, w.x, gain, &head, d, &mut w.rest, out)
     }
 

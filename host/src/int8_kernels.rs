@@ -164,6 +164,35 @@ fn rows_of(
 }
 
 impl FastOps<'_> {
+    /// The VNNI product by matrix `which` of block `layer` (`matmul_qg`'s when
+    /// `grouped`, else `matmul_q`'s), when that matrix was packed and the buffers fit it;
+    /// false when the portable code must run instead.
+    #[inline(always)]
+    fn vnni(
+        &mut self,
+        (layer, which, grouped): (usize, Mat, bool),
+        out: &mut [f32],
+        xq: &[i8],
+        xs: &[f32],
+        w: &QMat<'_>,
+        add: bool,
+    ) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(pm) = self.packed.get(layer, which) {
+            let per_row = if grouped { ck::groups(pm.cols) } else { 1 };
+            if pm.rows == w.rows && pm.cols == w.cols {
+                if let Some(t) = rows_of(pm, out, xq, xs, per_row) {
+                    // SAFETY: `simd` was checked at packing (no packed matrix otherwise);
+                    // the lengths were checked just above.
+                    unsafe { x86::matmul(out, xq, xs, pm, add, t, grouped, &mut self.sums) };
+                    return true;
+                }
+            }
+        }
+        let _ = (layer, which, grouped, out, xq, xs, w, add);
+        false
+    }
+
     #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     /// With the vector kernels on, the number of rows of `cols` values (a multiple of
     /// `unit`) in `len` values, when they divide exactly.
@@ -234,19 +263,9 @@ impl Ops for FastOps<'_> {
         w: &QMat<'_>,
         add: bool,
     ) {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(pm) = self.packed.get(layer, which) {
-            if pm.rows == w.rows && pm.cols == w.cols {
-                if let Some(t) = rows_of(pm, out, xq, xs, 1) {
-                    // SAFETY: `simd` was checked at packing (no packed matrix otherwise);
-                    // the lengths were checked just above.
-                    unsafe { x86::matmul(out, xq, xs, pm, add, t, false, &mut self.sums) };
-                    return;
-                }
-            }
+        if !self.vnni((layer, which, false), out, xq, xs, w, add) {
+            ck::matmul_q(out, xq, xs, w, add);
         }
-        let _ = (layer, which);
-        ck::matmul_q(out, xq, xs, w, add);
     }
 
     #[inline(always)]
@@ -259,19 +278,9 @@ impl Ops for FastOps<'_> {
         w: &QMat<'_>,
         add: bool,
     ) {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(pm) = self.packed.get(layer, Mat::MlpProj) {
-            let g = ck::groups(pm.cols);
-            if pm.rows == w.rows && pm.cols == w.cols {
-                if let Some(t) = rows_of(pm, out, xq, xs, g) {
-                    // SAFETY: as in `matmul`.
-                    unsafe { x86::matmul(out, xq, xs, pm, add, t, true, &mut self.sums) };
-                    return;
-                }
-            }
+        if !self.vnni((layer, Mat::MlpProj, true), out, xq, xs, w, add) {
+            ck::matmul_qg(out, xq, xs, w, add);
         }
-        let _ = layer;
-        ck::matmul_qg(out, xq, xs, w, add);
     }
 
     #[inline(always)]
