@@ -3,10 +3,10 @@
 //! palette → pretraining → linear probes (and the raw-pixel baseline) → int8 export →
 //! classification with igpt-core → samples and completions, with a summary table.
 
-use crate::checkpoint::Checkpoint;
-use crate::model::Objective;
-use crate::pretrain::{self, PretrainConfig};
-use crate::probe::{self, ProbeConfig, ProbeRun};
+use crate::eval::probe::{self, ProbeConfig, ProbeRun};
+use crate::io::checkpoint::Checkpoint;
+use crate::nn::Objective;
+use crate::train::pretrain::{self, PretrainConfig};
 use crate::train::AdamConfig;
 use anyhow::{Context, Result};
 use igpt_core::{Config, Model, Preset};
@@ -100,14 +100,14 @@ pub fn run(cfg: &DemoConfig, show: bool) -> Result<DemoSummary> {
     } else {
         ds
     };
-    let opts = crate::palette::FitOptions {
+    let opts = crate::data::palette::FitOptions {
         k,
         iters: 50,
         sample: 200_000,
         seed: 0,
     };
-    let (palette, stats) = crate::palette::fit(&ds.pixels, 1, opts, show)?;
-    crate::palette::save(&out.join("palette.pal"), &palette)?;
+    let (palette, stats) = crate::data::palette::fit(&ds.pixels, 1, opts, show)?;
+    crate::data::palette::save(&out.join("palette.pal"), &palette)?;
     say(format!(
         "palette: {k} grey levels at {side}x{side}, mse per channel {:.2}",
         stats.mse
@@ -164,18 +164,19 @@ pub fn run(cfg: &DemoConfig, show: bool) -> Result<DemoSummary> {
 
     // 4. int8 export (only the blocks the probe needs) and the core on the test images.
     let ck = Checkpoint::load(&ck_path)?;
-    let head = crate::export::ProbeHead::load(&out.join("probe/probe-head.json"), model.width)?;
-    let (bytes, report) = crate::export::export(&ck, Some(&head), true)?;
+    let head =
+        crate::int8::export::ProbeHead::load(&out.join("probe/probe-head.json"), model.width)?;
+    let (bytes, report) = crate::int8::export::export(&ck, Some(&head), true)?;
     let model_path = out.join("model.igpt");
     crate::io::write_atomic(&model_path, &bytes)?;
     let m = Model::parse(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", model_path.display()))?;
     let t0 = std::time::Instant::now();
-    let ev = crate::int8::eval(&m, &data, Some(&ck), limit.1, 0, false)?;
+    let ev = crate::int8::run::eval(&m, &data, Some(&ck), limit.1, 0, false)?;
     let int8_rate = ev.images as f64 / t0.elapsed().as_secs_f64();
 
     // 5. Samples and completions.
     let sample_path = out.join("samples.png");
-    let g = crate::sample::write_grid(
+    let g = crate::eval::sample::write_grid(
         &ck,
         &vec![Vec::new(); 16],
         &[],
@@ -186,13 +187,13 @@ pub fn run(cfg: &DemoConfig, show: bool) -> Result<DemoSummary> {
         &sample_path,
     )?;
     let originals =
-        crate::pretrain::tokenize_split(&data, crate::data::Split::Test, &palette, side, 6)?;
+        crate::train::pretrain::tokenize_split(&data, crate::data::Split::Test, &palette, side, 6)?;
     let keep = side / 2;
     let prefixes: Vec<Vec<u16>> = originals
         .iter()
         .flat_map(|o| std::iter::repeat_n(o[..keep * side].to_vec(), 4))
         .collect();
-    crate::sample::write_grid(
+    crate::eval::sample::write_grid(
         &ck,
         &prefixes,
         &originals,

@@ -1,15 +1,17 @@
 //! The `igpt` command line: parses arguments and dispatches to the library. Every error
 //! is printed as one line naming the file and the problem, with exit code 1.
 
+mod cli;
+
 use anyhow::{ensure, Context, Result};
 use clap::{Parser, Subcommand};
-use igpt::checkpoint::Checkpoint;
+use cli::args::ModelArgs;
+use igpt::data::palette;
 use igpt::data::{self, Split};
-use igpt::device::DeviceKind;
-use igpt::model::Objective;
-use igpt::model_args::ModelArgs;
-use igpt::palette;
-use igpt::pretrain::{self, PretrainConfig};
+use igpt::io::checkpoint::Checkpoint;
+use igpt::nn::device::DeviceKind;
+use igpt::nn::Objective;
+use igpt::train::pretrain::{self, PretrainConfig};
 use igpt::train::AdamConfig;
 use igpt_core::{Config, Preset};
 use std::path::PathBuf;
@@ -610,7 +612,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Tokenize(a) => tokenize(a),
         Cmd::ImportHf(a) => {
-            let mut ck = igpt::hf::import_files(&a.config, &a.weights)?;
+            let mut ck = igpt::io::hf::import_files(&a.config, &a.weights)?;
             if let Some(p) = &a.palette {
                 let pal = palette::load(p)?;
                 ensure!(
@@ -644,7 +646,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Sample(a) => sample_cmd(a),
         Cmd::Finetune(a) => {
             set_threads(a.threads)?;
-            let cfg = igpt::finetune::FinetuneConfig {
+            let cfg = igpt::train::finetune::FinetuneConfig {
                 checkpoint: a.checkpoint,
                 data: a.data,
                 steps: a.steps,
@@ -656,12 +658,14 @@ fn run(cli: Cli) -> Result<()> {
                 seed: a.seed,
                 out: a.out.clone(),
             };
-            let s = igpt::on_device!(a.device, cfg.seed, |dev| igpt::finetune::finetune_on(
-                &dev, &cfg, true
-            ))?;
+            let s = igpt::on_device!(
+                a.device,
+                cfg.seed,
+                |dev| igpt::train::finetune::finetune_on(&dev, &cfg, true)
+            )?;
             println!(
                 "{}: {} steps, best validation accuracy {:.2}%, test accuracy {:.2}%",
-                igpt::finetune::checkpoint_path(&a.out).display(),
+                igpt::train::finetune::checkpoint_path(&a.out).display(),
                 s.steps,
                 100.0 * s.val_accuracy,
                 100.0 * s.test_accuracy
@@ -687,7 +691,7 @@ fn run(cli: Cli) -> Result<()> {
                 !a.l2.is_empty() && a.l2.iter().all(|v| *v >= 0.0),
                 "--l2 needs non-negative values"
             );
-            let run = igpt::probe::ProbeRun {
+            let run = igpt::eval::probe::ProbeRun {
                 checkpoint: a.checkpoint,
                 data: a.data,
                 layers,
@@ -696,13 +700,14 @@ fn run(cli: Cli) -> Result<()> {
                 limit: (a.train_images, a.test_images),
                 out: a.out.clone(),
                 batch: a.batch.max(1),
-                cfg: igpt::probe::ProbeConfig {
+                cfg: igpt::eval::probe::ProbeConfig {
                     l2_grid: a.l2,
                     ..Default::default()
                 },
             };
-            let results =
-                igpt::on_device!(a.device, 0, |dev| igpt::probe::run_on(&dev, &run, true))?;
+            let results = igpt::on_device!(a.device, 0, |dev| igpt::eval::probe::run_on(
+                &dev, &run, true
+            ))?;
             for (l, r) in &results {
                 let name = if *l == usize::MAX {
                     "raw pixels".to_string()
@@ -754,9 +759,9 @@ fn run(cli: Cli) -> Result<()> {
                     a.device.name(),
                     a.fixtures.display()
                 );
-                igpt::bench::parity(&dev, &a.fixtures)
+                igpt::eval::parity::parity(&dev, &a.fixtures)
             })?;
-            igpt::bench::report(&checks)
+            igpt::eval::parity::report(&checks)
         }
         Cmd::Bench(BenchCmd::Train(a)) => {
             set_threads(a.threads)?;
@@ -792,7 +797,7 @@ fn run(cli: Cli) -> Result<()> {
                 a.steps,
                 rayon::current_num_threads()
             );
-            let (six_n, attn) = igpt::bench::train_flops_per_token(&c);
+            let (six_n, attn) = igpt::eval::parity::train_flops_per_token(&c);
             println!(
                 "train_flops_per_token={:.4e} (6N {six_n:.4e} + attention {attn:.4e})",
                 six_n + attn
@@ -823,7 +828,7 @@ fn run(cli: Cli) -> Result<()> {
 }
 
 fn sample_cmd(a: SampleArgs) -> Result<()> {
-    use igpt::sample;
+    use igpt::eval::sample;
     let ck = Checkpoint::load(&a.checkpoint)?;
     let pal = ck
         .palette
@@ -868,7 +873,7 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
         }
         if a.complete_test > 0 {
             let d = a.data.as_ref().context("--complete-test needs --data")?;
-            originals.extend(igpt::pretrain::tokenize_split(
+            originals.extend(igpt::train::pretrain::tokenize_split(
                 d,
                 data::Split::Test,
                 &pal,
@@ -890,7 +895,7 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
             sample::generate(&w, &prefixes, a.temperature, a.top_k, &mut rng)?
         }
         DeviceKind::Cuda => igpt::on_device!(DeviceKind::Cuda, a.seed, |dev| {
-            let gpt: igpt::model::Gpt<f32, _> = ck.model(&dev);
+            let gpt: igpt::nn::Gpt<f32, _> = ck.model(&dev);
             sample::generate_full(&gpt, &prefixes, a.temperature, a.top_k, &mut rng)
         })?,
     };
@@ -915,10 +920,10 @@ fn sample_cmd(a: SampleArgs) -> Result<()> {
 fn export_cmd(a: ExportArgs) -> Result<()> {
     let ck = Checkpoint::load(&a.checkpoint)?;
     let head = match &a.probe {
-        Some(p) => Some(igpt::export::ProbeHead::load(p, ck.config.width)?),
+        Some(p) => Some(igpt::int8::export::ProbeHead::load(p, ck.config.width)?),
         None => None,
     };
-    let (bytes, r) = igpt::export::export(&ck, head.as_ref(), a.upto_probe_layer)
+    let (bytes, r) = igpt::int8::export::export(&ck, head.as_ref(), a.upto_probe_layer)
         .with_context(|| a.checkpoint.display().to_string())?;
     igpt::io::write_atomic(&a.out, &bytes)?;
     let c = ck.config;
@@ -958,7 +963,7 @@ fn init_cmd(a: InitArgs) -> Result<()> {
     model.vocab = Some(pal.len());
     let c = model.config(Preset::Fw)?;
     let dev = dfdx::prelude::Cpu::default();
-    let gpt: igpt::model::Gpt<f32, _> = igpt::model::Gpt::init(&dev, c, a.seed);
+    let gpt: igpt::nn::Gpt<f32, _> = igpt::nn::Gpt::init(&dev, c, a.seed);
     let ck = Checkpoint::from_model(&gpt, Some(pal));
     ck.save(&a.out)?;
     println!(
@@ -1006,15 +1011,15 @@ fn init_cmd(a: InitArgs) -> Result<()> {
 }
 
 fn vectors_cmd(a: VectorsArgs) -> Result<()> {
-    let bytes = igpt::export::read_model(&a.model)?;
+    let bytes = igpt::int8::export::read_model(&a.model)?;
     let model = igpt_core::Model::parse(&bytes)?;
     let c = *model.config();
     ensure!(a.count > 0, "--count must be positive");
     let ds = data::load(&a.data, Split::Test, Some(c.side))?
         .truncate(a.count)
         .with_channels(model.palette().channels())?;
-    let mut buf = igpt::int8::Buffers::new(&c);
-    let packed = igpt::int8_kernels::Packed::new(&model)?;
+    let mut buf = igpt::int8::run::Buffers::new(&c);
+    let packed = igpt::int8::kernels::Packed::new(&model)?;
     let mut ops = packed.ops();
     let mut out = Vec::new();
     out.extend_from_slice(b"IGPTVEC1");
@@ -1027,7 +1032,7 @@ fn vectors_cmd(a: VectorsArgs) -> Result<()> {
         let mut s = buf.scratch(&c)?;
         // The host's vector kernels: the firmware runs the portable path and checks the
         // two agree bit for bit.
-        let p = igpt::int8::classify(&model, &mut ops, &t, &mut s)?;
+        let p = igpt::int8::run::classify(&model, &mut ops, &t, &mut s)?;
         for v in &t {
             out.extend_from_slice(&v.to_le_bytes());
         }
@@ -1058,16 +1063,16 @@ fn vectors_cmd(a: VectorsArgs) -> Result<()> {
 }
 
 fn classify_cmd(a: ClassifyArgs) -> Result<()> {
-    let bytes = igpt::export::read_model(&a.model)?;
+    let bytes = igpt::int8::export::read_model(&a.model)?;
     let model = igpt_core::Model::parse(&bytes)?;
     let c = *model.config();
-    let mut buf = igpt::int8::Buffers::new(&c);
-    let packed = igpt::int8_kernels::Packed::new(&model)?;
+    let mut buf = igpt::int8::run::Buffers::new(&c);
+    let packed = igpt::int8::kernels::Packed::new(&model)?;
     let mut ops = packed.ops();
     for path in &a.images {
-        let tokens = igpt::int8::image_tokens(&model, path)?;
+        let tokens = igpt::int8::run::image_tokens(&model, path)?;
         let mut s = buf.scratch(&c)?;
-        let p = igpt::int8::classify(&model, &mut ops, &tokens, &mut s)
+        let p = igpt::int8::run::classify(&model, &mut ops, &tokens, &mut s)
             .map_err(|e| anyhow::anyhow!("{}: {e}", a.model.display()))?;
         let name = model.class_name(p.class);
         println!(
@@ -1083,13 +1088,13 @@ fn classify_cmd(a: ClassifyArgs) -> Result<()> {
 
 fn eval_cmd(a: EvalArgs) -> Result<()> {
     set_threads(a.threads)?;
-    let bytes = igpt::export::read_model(&a.model)?;
+    let bytes = igpt::int8::export::read_model(&a.model)?;
     let model = igpt_core::Model::parse(&bytes)?;
     let ck = match &a.checkpoint {
         Some(p) => Some(Checkpoint::load(p)?),
         None => None,
     };
-    let r = igpt::int8::eval(&model, &a.data, ck.as_ref(), a.limit, a.nll_images, true)?;
+    let r = igpt::int8::run::eval(&model, &a.data, ck.as_ref(), a.limit, a.nll_images, true)?;
     println!("images={}", r.images);
     println!("int8_accuracy={:.4}", r.int8_accuracy);
     if let (Some(f), Some(g)) = (r.f32_accuracy, r.agreement) {
@@ -1111,7 +1116,7 @@ fn bench_infer_cmd(a: BenchInferArgs) -> Result<()> {
     use rand::{Rng, SeedableRng};
     ensure!(a.images > 0, "--images must be positive");
     set_threads(Some(1))?;
-    let bytes = igpt::export::read_model(&a.model)?;
+    let bytes = igpt::int8::export::read_model(&a.model)?;
     let model = igpt_core::Model::parse(&bytes)?;
     let c = *model.config();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
@@ -1122,7 +1127,7 @@ fn bench_infer_cmd(a: BenchInferArgs) -> Result<()> {
                 .collect()
         })
         .collect();
-    let r = igpt::int8::bench(&model, &images, a.batch, a.rounds)?;
+    let r = igpt::int8::run::bench(&model, &images, a.batch, a.rounds)?;
     let (layer, classes) = model.probe().unwrap_or((0, 0));
     println!(
         "bench infer: {}x{}, width {}, probe layer {layer} ({} MMAC per image), {} images, 1 thread",

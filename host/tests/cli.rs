@@ -396,7 +396,7 @@ fn import_hf_and_refuse_biases() {
         s(&out),
     ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let ck = igpt::checkpoint::Checkpoint::load(&out).unwrap();
+    let ck = igpt::io::checkpoint::Checkpoint::load(&out).unwrap();
     assert_eq!(
         (
             ck.config.layers,
@@ -798,7 +798,7 @@ fn probe_and_sample_on_a_small_model() {
         s(&ft),
     ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let fck = igpt::checkpoint::Checkpoint::load(&ft.join("checkpoint.safetensors")).unwrap();
+    let fck = igpt::io::checkpoint::Checkpoint::load(&ft.join("checkpoint.safetensors")).unwrap();
     assert_eq!(fck.score.as_ref().map(|s| (s.rows, s.cols)), Some((10, 16)));
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(ft.join("finetune.json")).unwrap()).unwrap();

@@ -1,7 +1,7 @@
 //! Dataset loaders on real data, and palette fitting on real images.
 
+use igpt::data::palette::{self, FitOptions};
 use igpt::data::{self, Split};
-use igpt::palette::{self, FitOptions};
 use igpt_tests::{in_ci, shared_dir};
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //! every parameter tensor, entries spread over the tensor, for both objectives.
 
 use dfdx::prelude::*;
-use igpt::model::{Gpt, Objective};
+use igpt::nn::{Gpt, Objective};
 use igpt::train::{loss, make_batch, Batch};
 use igpt_core::Config;
 use rand::{Rng, SeedableRng};

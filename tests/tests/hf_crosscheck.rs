@@ -4,8 +4,8 @@
 //! the fixture README's tolerances: 1e-4 in f32, 2e-5 in f64.
 
 use dfdx::prelude::*;
-use igpt::hf;
-use igpt::model::{cst, Capture, Captures, Float, Gpt, Kernels};
+use igpt::io::hf;
+use igpt::nn::{cst, Capture, Captures, Float, Gpt, Kernels};
 use igpt_tests::{cases_with, Fixture};
 
 fn max_diff(got: &[f64], want: &[f32]) -> f64 {

@@ -9,9 +9,9 @@
 //! model the effect is far smaller (Fashion-MNIST: bits/dim unchanged to 4 digits, see
 //! README), since trained activations are less uniform than random ones.
 
-use igpt::checkpoint::Checkpoint;
-use igpt::export::{export, ProbeHead};
-use igpt::hf;
+use igpt::int8::export::{export, ProbeHead};
+use igpt::io::checkpoint::Checkpoint;
+use igpt::io::hf;
 use igpt_core::format::{MAGIC, VERSION};
 use igpt_core::{Config, Error, KvCache, Model, Palette};
 use igpt_tests::{cases_with, fixture_dir, Fixture};
@@ -236,8 +236,8 @@ fn every_truncation_and_byte_flip_errs_or_verifies() {
                     let plain = m.classify(&img, s);
                     // The host's vector kernels too (flipped scales can make NaN or
                     // infinities): no panic, and the same result as the portable code.
-                    if let Ok(packed) = igpt::int8_kernels::Packed::new(&m) {
-                        let fast = igpt::int8::classify(&m, &mut packed.ops(), &img, s);
+                    if let Ok(packed) = igpt::int8::kernels::Packed::new(&m) {
+                        let fast = igpt::int8::run::classify(&m, &mut packed.ops(), &img, s);
                         if let (Ok(a), Ok(b)) = (&plain, &fast) {
                             let bits =
                                 |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
@@ -303,16 +303,16 @@ fn bench_runs_on_a_file_cut_at_probe_layer_zero() {
     assert_eq!(report.stored_layers, 0);
     let model = Model::parse(&bytes).unwrap();
     let images = vec![vec![3u16; c.seq_len()]; 4];
-    let r = igpt::int8::bench(&model, &images, 2, 1).unwrap();
+    let r = igpt::int8::run::bench(&model, &images, 2, 1).unwrap();
     assert!(r.int8 > 0.0 && r.int8_portable > 0.0 && r.f32_batched > 0.0 && r.f32_single > 0.0);
     // The f32 twin of a zero-block file gives the layer-0 features of the full model.
-    let twin = igpt::export::dequantized(&model).unwrap();
+    let twin = igpt::int8::export::dequantized(&model).unwrap();
     assert_eq!(twin.h.len(), 0);
 }
 
 #[test]
 fn host_vector_kernels_equal_the_portable_core() {
-    use igpt::int8_kernels::{simd_available, Packed};
+    use igpt::int8::kernels::{simd_available, Packed};
     if !simd_available() {
         eprintln!("skipped: this CPU has no AVX-512 VNNI, the host's vector kernels never run");
         return;
@@ -334,7 +334,7 @@ fn host_vector_kernels_equal_the_portable_core() {
     let mut plain = vec![0f32; c.seq_len() * c.vocab];
     let mut fast = plain.clone();
     model.logits(&img, &mut s, &mut plain).unwrap();
-    igpt::int8::logits(&model, &mut ops, &img, &mut s, &mut fast).unwrap();
+    igpt::int8::run::logits(&model, &mut ops, &img, &mut s, &mut fast).unwrap();
     assert_eq!(bits(&fast), bits(&plain));
     let mut kv = vec![0f32; igpt_core::kv_f32_len(&c)];
     let mut cache = KvCache::new(&c, &mut kv).unwrap();
@@ -363,7 +363,7 @@ fn host_vector_kernels_equal_the_portable_core() {
             .map(|_| rng.gen_range(0..c.vocab as u16))
             .collect();
         let a = model.classify(&img, &mut s).unwrap();
-        let b = igpt::int8::classify(&model, &mut ops, &img, &mut s).unwrap();
+        let b = igpt::int8::run::classify(&model, &mut ops, &img, &mut s).unwrap();
         assert_eq!(a.class, b.class);
         assert_eq!(bits(&a.probs), bits(&b.probs));
     }

@@ -2,8 +2,8 @@
 //! every input, with the max abs difference printed; then the whole model and AdamW.
 
 use dfdx::prelude::*;
-use igpt::kernels;
-use igpt::model::{self, Gpt, Objective};
+use igpt::nn::kernels;
+use igpt::nn::{self as model, Gpt, Objective};
 use igpt::train::{self, AdamConfig, AdamW};
 use igpt_core::Config;
 use rand::{Rng, SeedableRng};

@@ -1,11 +1,11 @@
 //! Pretraining end to end on real images: exact resume, corrupt checkpoints, overfitting
 //! a handful of Fashion-MNIST images.
 
-use igpt::checkpoint::Checkpoint;
+use igpt::data::palette::{self, FitOptions};
 use igpt::data::{self, Split};
-use igpt::model::Objective;
-use igpt::palette::{self, FitOptions};
-use igpt::pretrain::{self, PretrainConfig};
+use igpt::io::checkpoint::Checkpoint;
+use igpt::nn::Objective;
+use igpt::train::pretrain::{self, PretrainConfig};
 use igpt::train::AdamConfig;
 use igpt_core::{Config, Palette};
 use igpt_tests::{in_ci, shared_dir};
@@ -181,7 +181,7 @@ fn overfits_four_fashion_mnist_images() {
     // Measure on the four training images themselves.
     let ck = Checkpoint::load(&pretrain::checkpoint_path(&run)).unwrap();
     let dev = dfdx::prelude::Cpu::default();
-    let gpt: igpt::model::Gpt<f32, _> = ck.model(&dev);
+    let gpt: igpt::nn::Gpt<f32, _> = ck.model(&dev);
     let images = pretrain::tokenize_split(dir, Split::Train, &pal, side, 4).unwrap();
     let refs: Vec<&[u16]> = images.iter().map(|v| v.as_slice()).collect();
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);

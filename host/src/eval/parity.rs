@@ -18,9 +18,9 @@
 //! fused against reference and both against HF; on `--device cuda` it is dfdx's CUDA
 //! kernels and cuBLAS.
 
-use crate::checkpoint::Checkpoint;
-use crate::device::ModelDevice;
-use crate::model::{Capture, Captures, Gpt};
+use crate::io::checkpoint::Checkpoint;
+use crate::nn::device::ModelDevice;
+use crate::nn::{Capture, Captures, Gpt};
 use crate::train::{self, Batch};
 use anyhow::{bail, ensure, Context, Result};
 use dfdx::prelude::*;
@@ -168,11 +168,12 @@ pub fn parity<D: ModelDevice>(dev: &D, dir: &Path) -> Result<Vec<Check>> {
         let json_path = path.with_extension("json");
         let json = std::fs::read_to_string(&json_path)
             .with_context(|| format!("{}: cannot read", json_path.display()))?;
-        let config =
-            crate::hf::config_from_json(&json).with_context(|| json_path.display().to_string())?;
+        let config = crate::io::hf::config_from_json(&json)
+            .with_context(|| json_path.display().to_string())?;
         let bytes =
             std::fs::read(&path).with_context(|| format!("{}: cannot read", path.display()))?;
-        let ck = crate::hf::import(config, &bytes).with_context(|| path.display().to_string())?;
+        let ck =
+            crate::io::hf::import(config, &bytes).with_context(|| path.display().to_string())?;
         let st = SafeTensors::deserialize(&bytes)
             .with_context(|| format!("{}: not safetensors", path.display()))?;
         let ids: Vec<usize> = tensor(&st, &path, "input_ids", Dtype::I64)?

@@ -4,8 +4,8 @@
 //!
 //! Everything here runs through dfdx tensor ops, so it works on any dfdx device.
 
-use crate::checkpoint::Mat;
-use crate::model::{cst, Capture, Captures, Float, Gpt, Kernels, Objective, Param};
+use crate::io::checkpoint::Mat;
+use crate::nn::{cst, Capture, Captures, Float, Gpt, Kernels, Objective, Param};
 use dfdx::prelude::*;
 use rand::Rng;
 

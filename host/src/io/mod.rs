@@ -2,6 +2,10 @@
 //! rename), so an interrupted run never leaves a half-written checkpoint, palette or plot
 //! in place of a good one.
 
+pub mod checkpoint;
+pub mod hf;
+pub mod plot;
+
 use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::Path;

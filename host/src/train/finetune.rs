@@ -3,11 +3,11 @@
 //! generative loss of the pretraining objective plus the classification cross-entropy),
 //! with early stopping on the accuracy of a held-out 10% of the training set.
 
-use crate::checkpoint::{Checkpoint, Mat};
 use crate::data::Split;
-use crate::device::ModelDevice;
-use crate::kernels;
-use crate::model::{Capture, Captures, Gpt, Objective};
+use crate::io::checkpoint::{Checkpoint, Mat};
+use crate::nn::device::ModelDevice;
+use crate::nn::kernels;
+use crate::nn::{Capture, Captures, Gpt, Objective};
 use crate::train::{self, AdamConfig, AdamW};
 use anyhow::{ensure, Context, Result};
 use dfdx::prelude::*;

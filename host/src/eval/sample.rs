@@ -12,10 +12,10 @@
 //! `--device cuda`) each new pixel reruns the model's full forward pass over the sequence
 //! so far: O(n²) positions computed for n pixels, which a GPU absorbs at iGPT's sizes.
 
-use crate::checkpoint::Checkpoint;
-use crate::device::ModelDevice;
-use crate::kernels::{gemm, quick_gelu_fwd, rmsnorm_fwd, softmax_row};
-use crate::model::{Capture, Captures, Gpt};
+use crate::io::checkpoint::Checkpoint;
+use crate::nn::device::ModelDevice;
+use crate::nn::kernels::{gemm, quick_gelu_fwd, rmsnorm_fwd, softmax_row};
+use crate::nn::{Capture, Captures, Gpt};
 use anyhow::{ensure, Result};
 use dfdx::prelude::*;
 use igpt_core::Config;
@@ -432,7 +432,7 @@ pub struct GridReport {
 /// Samples an image for every prefix (KV cache, CPU) and writes them with [`draw_grid`].
 #[allow(clippy::too_many_arguments)]
 pub fn write_grid(
-    ck: &crate::checkpoint::Checkpoint,
+    ck: &crate::io::checkpoint::Checkpoint,
     prefixes: &[Vec<u16>],
     originals: &[Vec<u16>],
     completions: usize,
@@ -460,7 +460,7 @@ pub fn write_grid(
 /// (each completed `completions` times from its prefix in `prefixes`), one row per
 /// original: the kept rows (the rest grey), the completions, the original.
 pub fn draw_grid(
-    ck: &crate::checkpoint::Checkpoint,
+    ck: &crate::io::checkpoint::Checkpoint,
     images: &[Vec<u16>],
     prefixes: &[Vec<u16>],
     originals: &[Vec<u16>],

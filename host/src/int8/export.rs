@@ -2,8 +2,8 @@
 //! format definitions), the f32 twin of a file (its weights dequantized into a dfdx
 //! [`Gpt`]) and the evaluations that compare the two.
 
-use crate::checkpoint::{Checkpoint, Mat};
-use crate::model::Gpt;
+use crate::io::checkpoint::{Checkpoint, Mat};
+use crate::nn::Gpt;
 use anyhow::{bail, ensure, Context, Result};
 use igpt_core::format::{self, Header, Layout, PaletteRecord, ProbeRecord, Shape, MAGIC, VERSION};
 use igpt_core::quant::{write_f32s, write_qmat};

@@ -7,7 +7,7 @@
 //! (`expected.probe_features.<l>` in the HF fixtures); layer L: the mean of the final
 //! norm output.
 
-use crate::model::{Capture, Captures, Gpt, Kernels};
+use crate::nn::{Capture, Captures, Gpt, Kernels};
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
@@ -167,7 +167,7 @@ fn objective(
     let b = &theta[classes * d..];
     // Z = X · Wᵀ  (n × classes)
     let mut z = vec![0f32; n * classes];
-    crate::kernels::gemm_par(
+    crate::nn::kernels::gemm_par(
         n,
         classes,
         d,
@@ -195,7 +195,7 @@ fn objective(
         .sum();
     // dW = (P - Y)ᵀ · X / n  (classes × d); db = Σ (P - Y) / n
     let mut gw = vec![0f32; classes * d];
-    crate::kernels::gemm_par(
+    crate::nn::kernels::gemm_par(
         classes,
         d,
         n,
@@ -547,7 +547,7 @@ pub fn run(r: &ProbeRun, show_progress: bool) -> anyhow::Result<Vec<(usize, Laye
 
 /// [`run`] with the features computed on any device (`--device`); the logistic
 /// regressions run on the CPU.
-pub fn run_on<D: crate::device::ModelDevice>(
+pub fn run_on<D: crate::nn::device::ModelDevice>(
     dev: &D,
     r: &ProbeRun,
     show_progress: bool,
@@ -555,7 +555,7 @@ pub fn run_on<D: crate::device::ModelDevice>(
     use anyhow::{ensure, Context};
     use rand::seq::SliceRandom;
     use rand::SeedableRng;
-    let ck = crate::checkpoint::Checkpoint::load(&r.checkpoint)?;
+    let ck = crate::io::checkpoint::Checkpoint::load(&r.checkpoint)?;
     let palette = ck
         .palette
         .clone()
@@ -697,15 +697,15 @@ pub fn run_on<D: crate::device::ModelDevice>(
             .iter()
             .map(|(l, x)| (*l as f64, 100.0 * x.test_accuracy))
             .collect();
-        crate::plot::line_plot(
+        crate::io::plot::line_plot(
             &r.out.join("probe.png"),
             "LINEAR PROBE ACCURACY BY LAYER",
             "layer (L = final norm)",
             "test accuracy %",
-            &[crate::plot::Series {
+            &[crate::io::plot::Series {
                 label: "probe".into(),
                 points: pts,
-                color: crate::plot::COLORS[0],
+                color: crate::io::plot::COLORS[0],
                 markers: true,
             }],
         )?;

@@ -1,9 +1,9 @@
 //! Running igpt-core's int8 model on the host: `classify`, `eval` and `bench infer`.
 
-use crate::checkpoint::Checkpoint;
-use crate::export::{dequantized, is_bert, ProbeHead};
-use crate::int8_kernels::{FastOps, Packed};
-use crate::model::{Capture, Captures, Gpt};
+use crate::int8::export::{dequantized, is_bert, ProbeHead};
+use crate::int8::kernels::{FastOps, Packed};
+use crate::io::checkpoint::Checkpoint;
+use crate::nn::{Capture, Captures, Gpt};
 use anyhow::{Context, Result};
 use dfdx::prelude::{Cpu, NoneTape};
 use igpt_core::{scratch_f32_len, scratch_i8_len, Config, Model, Prediction, Scratch};
@@ -33,7 +33,7 @@ impl Buffers {
 }
 
 /// `model.classify_with(ops)`: the heavy operations run by the vector kernels of
-/// [`crate::int8_kernels`], the rest of the forward compiled for the best vector extension
+/// [`crate::int8::kernels`], the rest of the forward compiled for the best vector extension
 /// this CPU has (igpt-core's forward is `#[inline(always)]`, so all of it is recompiled
 /// here). Results equal the portable path's bit for bit.
 #[multiversion(targets(
@@ -102,7 +102,7 @@ pub fn f32_features(
     causal: bool,
     show: bool,
 ) -> Vec<Vec<f32>> {
-    let mut f = crate::probe::features(gpt, images, 64, causal, show);
+    let mut f = crate::eval::probe::features(gpt, images, 64, causal, show);
     std::mem::take(&mut f[layer])
 }
 
@@ -225,7 +225,7 @@ pub fn eval(
                 &gpt,
                 &refs,
                 32,
-                crate::model::Objective::Ar,
+                crate::nn::Objective::Ar,
                 &mut rand::rngs::mock::StepRng::new(0, 0),
             );
             report.bits = Some((bits8.unwrap_or(0.0), Some(nats / std::f64::consts::LN_2)));

@@ -397,7 +397,7 @@ pub fn attention<E: Float, D: Device<E>, T: Tape<E, D>>(
 
 /// The building blocks a device runs the model with. The default methods are the plain
 /// dfdx compositions above (the reference twins, on any device); CPU f32 overrides them
-/// with the fused kernels of [`crate::kernels`] when `fused` is true.
+/// with the fused kernels of [`crate::nn::kernels`] when `fused` is true.
 pub trait Kernels<E: Float>: Device<E> {
     /// RMS norm.
     fn rmsnorm<T: Tape<E, Self>>(
@@ -533,7 +533,7 @@ impl Kernels<f32> for Cpu {
         fused: bool,
     ) -> Act<f32, Self, T> {
         if fused {
-            crate::kernels::rmsnorm(x, g)
+            crate::nn::kernels::rmsnorm(x, g)
         } else {
             rmsnorm(x, g)
         }
@@ -545,7 +545,7 @@ impl Kernels<f32> for Cpu {
         fused: bool,
     ) -> Act<f32, Self, T> {
         if fused {
-            crate::kernels::linear(x, w, transposed)
+            crate::nn::kernels::linear(x, w, transposed)
         } else {
             linear(x, w, transposed)
         }
@@ -557,7 +557,7 @@ impl Kernels<f32> for Cpu {
         fused: bool,
     ) -> Act<f32, Self, T> {
         if fused {
-            crate::kernels::mlp(m, w_fc, w_proj)
+            crate::nn::kernels::mlp(m, w_fc, w_proj)
         } else {
             mlp(m, w_fc, w_proj)
         }
@@ -572,7 +572,7 @@ impl Kernels<f32> for Cpu {
         fused: bool,
     ) -> Act<f32, Self, T> {
         if fused {
-            crate::kernels::self_attention(a, wq, wk, wv, heads, causal)
+            crate::nn::kernels::self_attention(a, wq, wk, wv, heads, causal)
         } else {
             self_attention(a, wq, wk, wv, heads, causal)
         }
@@ -585,7 +585,7 @@ impl Kernels<f32> for Cpu {
         fused: bool,
     ) -> Tensor<(), f32, Self, T> {
         if fused {
-            crate::kernels::head_cross_entropy(z, head, target, weight)
+            crate::nn::kernels::head_cross_entropy(z, head, target, weight)
         } else {
             cross_entropy(linear(z, head, true), target, weight)
         }
@@ -619,11 +619,11 @@ impl Kernels<f32> for Cpu {
             };
             let g = grads.get_or_alloc_mut(&*p).expect("gradient buffer");
             let (mut pv, mut mv, mut vv) = (
-                crate::kernels::read(&*p),
-                crate::kernels::read(&opt.m[i]),
-                crate::kernels::read(&opt.v[i]),
+                crate::nn::kernels::read(&*p),
+                crate::nn::kernels::read(&opt.m[i]),
+                crate::nn::kernels::read(&opt.v[i]),
             );
-            crate::kernels::adamw_step(
+            crate::nn::kernels::adamw_step(
                 &mut pv,
                 g,
                 &mut mv,

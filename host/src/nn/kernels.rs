@@ -3,7 +3,7 @@
 //! Each kernel is a plain function on slices with its backward, registered on dfdx's tape
 //! with `Tape::add_backward_op`; gradients are accumulated into
 //! `Gradients::get_or_alloc_mut`. The reference twins are the dfdx compositions in
-//! [`crate::model`] (`rmsnorm`, `quick_gelu`, `attention`) and [`crate::train`]
+//! [`crate::nn`] (`rmsnorm`, `quick_gelu`, `attention`) and [`crate::train`]
 //! (`loss`, `AdamW::update`); tests compare forward values and gradients of every pair.
 //!
 //! | kernel | replaces | saves |
@@ -18,7 +18,7 @@
 //! per-head views need no copies. Work over (batch, head) pairs and rows is split with
 //! rayon.
 
-use crate::model::{Act, Param, NORM_EPS, QUICK_GELU};
+use crate::nn::{Act, Param, NORM_EPS, QUICK_GELU};
 use dfdx::prelude::*;
 use multiversion::multiversion;
 use rayon::prelude::*;

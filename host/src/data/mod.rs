@@ -5,6 +5,8 @@
 //! Every problem is an error naming the file: a missing path, a truncated record, a wrong
 //! magic number, a file that is not an image, mixed image sizes where one is required.
 
+pub mod palette;
+
 use anyhow::{bail, ensure, Context, Result};
 use std::io::Read;
 use std::path::{Path, PathBuf};

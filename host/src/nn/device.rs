@@ -6,7 +6,7 @@
 //! runs the plain dfdx compositions (the trait's default methods), built only with the
 //! `cuda` cargo feature. Without it, `--device cuda` is one error line ([`NO_CUDA`]).
 
-use crate::model::Kernels;
+use crate::nn::Kernels;
 use anyhow::Result;
 pub use dfdx::prelude::Cpu;
 use dfdx::prelude::Synchronize;
@@ -56,11 +56,13 @@ impl<D: Kernels<f32> + Synchronize> ModelDevice for D {}
 macro_rules! on_device {
     ($kind:expr, $seed:expr, |$dev:ident| $body:expr) => {
         match $kind {
-            $crate::device::DeviceKind::Cpu => {
-                let $dev = $crate::device::Cpu::seed_from_u64($seed);
+            $crate::nn::device::DeviceKind::Cpu => {
+                let $dev = $crate::nn::device::Cpu::seed_from_u64($seed);
                 $body
             }
-            $crate::device::DeviceKind::Cuda => $crate::device::run_cuda($seed, |$dev| $body),
+            $crate::nn::device::DeviceKind::Cuda => {
+                $crate::nn::device::run_cuda($seed, |$dev| $body)
+            }
         }
     };
 }

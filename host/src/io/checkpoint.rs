@@ -6,7 +6,7 @@
 //! Written atomically; read with every field checked, so a corrupt or truncated file is
 //! an error naming the file, never a panic.
 
-use crate::model::{cst, Float, Gpt};
+use crate::nn::{cst, Float, Gpt};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use dfdx::prelude::*;
 use igpt_core::{Config, Palette};

@@ -5,8 +5,8 @@
 //! layout. iGPT has no biases: HF stores them as exact zeros, and a non-zero bias is
 //! refused rather than silently dropped. `score.weight` (a classifier's head) is kept.
 
-use crate::checkpoint::{f32_tensor, Checkpoint, Mat};
-use crate::model::Gpt;
+use crate::io::checkpoint::{f32_tensor, Checkpoint, Mat};
+use crate::nn::Gpt;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use dfdx::prelude::Cpu;
 use igpt_core::Config;

@@ -7,11 +7,11 @@
 //! restores all of it, so N steps, a stop, and a resume to N+M steps give the same bytes
 //! as N+M steps straight.
 
-use crate::checkpoint::{Checkpoint, TrainState};
 use crate::data::{self, Split};
-use crate::device::ModelDevice;
-use crate::model::{Gpt, Objective};
-use crate::plot::{self, Series};
+use crate::io::checkpoint::{Checkpoint, TrainState};
+use crate::io::plot::{self, Series};
+use crate::nn::device::ModelDevice;
+use crate::nn::{Gpt, Objective};
 use crate::train::{self, AdamConfig, AdamW};
 use anyhow::{bail, ensure, Context, Result};
 use dfdx::prelude::*;

@@ -1,0 +1,4 @@
+//! Evaluation (temporary phase-1 layout).
+pub mod parity;
+pub mod probe;
+pub mod sample;
