@@ -27,6 +27,7 @@ pub mod model;
 pub mod palette;
 pub mod quant;
 pub mod state;
+pub mod vectors;
 pub mod weights;
 
 pub use config::{Config, Preset};

@@ -181,18 +181,7 @@ impl Palette {
     /// The model input for an image's tokens: `out = [SOS, x0, .., x(n-2)]`, so that
     /// output position `i` predicts `x_i`. `out.len()` must equal `tokens.len()`.
     pub fn model_input(&self, tokens: &[u16], out: &mut [u16]) -> Result<()> {
-        if out.len() != tokens.len() {
-            return Err(Error::LengthMismatch {
-                what: "model input",
-                expected: tokens.len(),
-                got: out.len(),
-            });
-        }
-        if let Some((first, rest)) = out.split_first_mut() {
-            *first = self.sos();
-            rest.copy_from_slice(&tokens[..tokens.len() - 1]);
-        }
-        Ok(())
+        model_input(self.sos(), tokens, out)
     }
 
     /// Bytes of this palette's file encoding.
@@ -269,6 +258,24 @@ impl Palette {
         }
         Palette::new(channels, &bytes[HEADER_LEN..body])
     }
+}
+
+/// The AR model input for an image's tokens: `out = [sos, x0, .., x(n-2)]`, so that
+/// output position `i` predicts `x_i` (HF ImageGPT's convention; `sos` is the palette
+/// size k). `out.len()` must equal `tokens.len()`.
+pub fn model_input<T: Copy + From<u16>>(sos: u16, tokens: &[T], out: &mut [T]) -> Result<()> {
+    if out.len() != tokens.len() {
+        return Err(Error::LengthMismatch {
+            what: "model input",
+            expected: tokens.len(),
+            got: out.len(),
+        });
+    }
+    if let Some((first, rest)) = out.split_first_mut() {
+        *first = T::from(sos);
+        rest.copy_from_slice(&tokens[..tokens.len() - 1]);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

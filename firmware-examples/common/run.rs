@@ -2,25 +2,15 @@
 // vectors, classify each image with igpt-core, compare with the host's int8 result,
 // report accuracy, time and the stack high-water mark, exit through semihosting.
 //
-// Test vectors (`igpt export-vectors`, FORMAT.md): magic `IGPTVEC1`, u32 count, u32 n,
-// then per image n u16 tokens, u16 label, u16 host class, u32 host probability (f32
-// bits), then a CRC-32 of everything before it; all little-endian.
+// Test vectors (`igpt export-vectors`, FORMAT.md) are read with igpt-core's
+// `vectors` module, the same code the host writes them with.
 
 use cortex_m_semihosting::{debug, hprintln, syscall};
+use igpt_core::vectors::Vectors;
 use igpt_core::{Config, Model, Scratch};
 
 /// Largest image the firmware's token buffer holds (64x64).
 const MAX_N: usize = igpt_core::config::MAX_SEQ_LEN;
-
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
-    let s = b.get(at..at + 4)?;
-    Some(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
-}
-
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
-    let s = b.get(at..at + 2)?;
-    Some(u16::from_le_bytes([s[0], s[1]]))
-}
 
 /// Host wall-clock centiseconds since QEMU started (semihosting SYS_CLOCK).
 fn centis() -> u32 {
@@ -109,20 +99,17 @@ pub fn run(
         centis().wrapping_sub(t0)
     );
     // Vectors: header, checksum, sizes.
-    let ok = vectors.len() >= 20
-        && vectors.get(..8) == Some(b"IGPTVEC1")
-        && u32_at(vectors, vectors.len() - 4)
-            == Some(igpt_core::crc32(&vectors[..vectors.len() - 4]));
-    let count = u32_at(vectors, 8).unwrap_or(0) as usize;
-    let n = u32_at(vectors, 12).unwrap_or(0) as usize;
-    let rec = 2 * n + 8;
-    if !ok || n != config.seq_len() || n > MAX_N || vectors.len() != 16 + count * rec + 4 {
-        hprintln!(
-            "{}: test vectors are corrupt or for another image size",
-            name
-        );
-        return false;
-    }
+    let vectors = match Vectors::parse(vectors) {
+        Ok(v) if v.seq_len() == config.seq_len() && v.seq_len() <= MAX_N => v,
+        _ => {
+            hprintln!(
+                "{}: test vectors are corrupt or for another image size",
+                name
+            );
+            return false;
+        }
+    };
+    let (count, n) = (vectors.len(), vectors.seq_len());
     let mut s = match Scratch::new(config, f, q) {
         Ok(s) => s,
         Err(e) => {
@@ -134,13 +121,15 @@ pub fn run(
     let (mut matches, mut correct) = (0usize, 0usize);
     let mut total_cs = 0u32;
     for i in 0..count {
-        let base = 16 + i * rec;
-        for (t, tok) in tokens[..n].iter_mut().enumerate() {
-            *tok = u16_at(vectors, base + 2 * t).unwrap_or(0);
+        let Some(rec) = vectors.record(i) else {
+            break;
+        };
+        if rec.tokens(&mut tokens[..n]).is_err() {
+            break;
         }
-        let label = u16_at(vectors, base + 2 * n).unwrap_or(0) as usize;
-        let host_class = u16_at(vectors, base + 2 * n + 2).unwrap_or(0) as usize;
-        let host_p = f32::from_bits(u32_at(vectors, base + 2 * n + 4).unwrap_or(0));
+        let label = rec.label() as usize;
+        let host_class = rec.class() as usize;
+        let host_p = rec.prob();
         let t = centis();
         let pred = model.classify(&tokens[..n], &mut s);
         let dt = centis().wrapping_sub(t);

@@ -187,7 +187,7 @@ pub fn run(cfg: &DemoConfig, show: bool) -> Result<DemoSummary> {
         &sample_path,
     )?;
     let originals =
-        crate::train::pretrain::tokenize_split(&data, crate::data::Split::Test, &palette, side, 6)?;
+        crate::data::tokenize::split(&data, crate::data::Split::Test, &palette, side, 6)?.tokens;
     let keep = side / 2;
     let prefixes: Vec<Vec<u16>> = originals
         .iter()

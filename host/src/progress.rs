@@ -35,3 +35,9 @@ pub fn note(bar: &ProgressBar, show: bool, msg: impl AsRef<str>) {
         bar.println(msg.as_ref());
     }
 }
+
+/// A status line for the user on standard error (the library's one way to talk to the
+/// terminal besides bars; the `igpt` binary prints results on standard output).
+pub fn message(msg: impl AsRef<str>) {
+    eprintln!("{}", msg.as_ref());
+}

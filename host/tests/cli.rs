@@ -799,7 +799,10 @@ fn probe_and_sample_on_a_small_model() {
     ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let fck = igpt::io::checkpoint::Checkpoint::load(&ft.join("checkpoint.safetensors")).unwrap();
-    assert_eq!(fck.score.as_ref().map(|s| (s.rows, s.cols)), Some((10, 16)));
+    assert_eq!(
+        fck.params.score.as_ref().map(|s| (s.rows, s.cols)),
+        Some((10, 16))
+    );
     let json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(ft.join("finetune.json")).unwrap()).unwrap();
     assert!((0.0..=1.0).contains(&json["test_accuracy"].as_f64().unwrap()));

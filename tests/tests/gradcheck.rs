@@ -2,34 +2,42 @@
 //! every parameter tensor, entries spread over the tensor, for both objectives.
 
 use dfdx::prelude::*;
-use igpt::nn::{Gpt, Objective};
+use igpt::nn::{Gpt, GptParams, Objective, ParamName};
 use igpt::train::{loss, make_batch, Batch};
 use igpt_core::Config;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-fn random_values(config: &Config, seed: u64) -> Vec<Vec<f64>> {
+fn random_values(config: &Config, seed: u64) -> GptParams<Vec<f64>> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    Gpt::<f64, Cpu>::param_shapes(config)
-        .into_iter()
-        .map(|(name, (r, c))| {
-            (0..r * c)
-                .map(|_| {
-                    let n: f64 = rng.gen_range(-1.0..1.0);
-                    if name.contains("ln_") {
-                        1.0 + 0.2 * n
-                    } else {
-                        0.4 * n
-                    }
-                })
-                .collect()
-        })
-        .collect()
+    GptParams::shapes(config, None).map(|name, &(r, c)| {
+        (0..r * c)
+            .map(|_| {
+                let n: f64 = rng.gen_range(-1.0..1.0);
+                if name.is_gain() {
+                    1.0 + 0.2 * n
+                } else {
+                    0.4 * n
+                }
+            })
+            .collect()
+    })
 }
 
-fn loss_of(dev: &Cpu, config: Config, values: &[Vec<f64>], batch: &Batch) -> f64 {
-    let gpt = Gpt::<f64, Cpu>::from_values(dev, config, values.to_vec());
+fn loss_of(dev: &Cpu, config: Config, values: &GptParams<Vec<f64>>, batch: &Batch) -> f64 {
+    let gpt = Gpt::<f64, Cpu>::from_values(dev, config, values).unwrap();
     igpt::train::scalar(loss::<f64, Cpu, NoneTape>(&gpt, batch))
+}
+
+/// `values` with entry `j` of parameter `name` moved by `h`.
+fn nudged(values: &GptParams<Vec<f64>>, name: ParamName, j: usize, h: f64) -> GptParams<Vec<f64>> {
+    values.map(|n, v| {
+        let mut v = v.clone();
+        if n == name {
+            v[j] += h;
+        }
+        v
+    })
 }
 
 fn check(objective: Objective) {
@@ -43,11 +51,11 @@ fn check(objective: Objective) {
     let refs: Vec<&[u16]> = imgs.iter().map(|v| v.as_slice()).collect();
     let batch = make_batch(&refs, config.sos(), objective, &mut rng);
 
-    let gpt = Gpt::<f64, Cpu>::from_values(&dev, config, values.clone());
+    let gpt = Gpt::<f64, Cpu>::from_values(&dev, config, &values).unwrap();
     let grads = loss::<f64, Cpu, OwnedTape<f64, Cpu>>(&gpt, &batch).backward();
     let h = 1e-5;
     let mut worst: f64 = 0.0;
-    for (i, (name, p)) in gpt.params().into_iter().enumerate() {
+    for (name, p) in gpt.params.iter() {
         let analytic = grads.get(p).as_vec();
         let n = analytic.len();
         // Up to 12 entries spread over the tensor, first and last included.
@@ -56,10 +64,8 @@ fn check(objective: Objective) {
             .collect();
         let mut tensor_worst: f64 = 0.0;
         for &j in &picks {
-            let mut plus = values.clone();
-            plus[i][j] += h;
-            let mut minus = values.clone();
-            minus[i][j] -= h;
+            let plus = nudged(&values, name, j, h);
+            let minus = nudged(&values, name, j, -h);
             let numeric = (loss_of(&dev, config, &plus, &batch)
                 - loss_of(&dev, config, &minus, &batch))
                 / (2.0 * h);

@@ -25,7 +25,7 @@ where
     let config = hf::config_from_json(&json).unwrap();
     let ck = hf::import(config, &std::fs::read(&f.path).unwrap()).unwrap();
     let dev = Cpu::seed_from_u64(0);
-    let mut gpt: Gpt<E, Cpu> = ck.model(&dev);
+    let mut gpt: Gpt<E, Cpu> = ck.model(&dev).unwrap();
     gpt.fused = fused;
     let (ishape, ids) = f.i64("input_ids").unwrap();
     let (b, t) = (ishape[0], ishape[1]);
@@ -68,7 +68,7 @@ where
             to64(caps.probe[l].as_vec()),
         );
     }
-    let logits = if let Some(score) = &ck.score {
+    let logits = if let Some(score) = &ck.params.score {
         // Classifier: mean over all positions (SOS included) of the final norm, times
         // score.weightᵀ.
         let w: Tensor<(usize, usize), E, Cpu> = dev.tensor_from_vec(

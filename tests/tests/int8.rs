@@ -37,12 +37,13 @@ fn import(f: &Fixture) -> Checkpoint {
 /// A probe head that is the identity standardisation and `w` on layer `layer`.
 fn head(c: &Config, layer: usize, w: Vec<f32>, classes: usize) -> ProbeHead {
     ProbeHead {
-        layer,
+        layer: igpt::io::probe_head::ProbeLayer::Layer(layer),
         classes: (0..classes).map(|i| format!("class {i}")).collect(),
         mean: vec![0.0; c.width],
         std: vec![1.0; c.width],
         weight: w,
         bias: vec![0.0; classes],
+        seeded: false,
     }
 }
 
@@ -88,8 +89,8 @@ fn int8_logits_and_features_follow_hf_fixtures() {
         let (ishape, ids) = f.i64("input_ids").unwrap();
         let (b, t) = (ishape[0], ishape[1]);
         assert_eq!(t, c.seq_len());
-        let classifier = ck.score.is_some();
-        let probe = match &ck.score {
+        let classifier = ck.params.score.is_some();
+        let probe = match &ck.params.score {
             Some(s) => head(&c, c.layers, s.data.clone(), s.rows),
             None => head(&c, 1, vec![0.0; 2 * c.width], 2),
         };
@@ -307,7 +308,7 @@ fn bench_runs_on_a_file_cut_at_probe_layer_zero() {
     assert!(r.int8 > 0.0 && r.int8_portable > 0.0 && r.f32_batched > 0.0 && r.f32_single > 0.0);
     // The f32 twin of a zero-block file gives the layer-0 features of the full model.
     let twin = igpt::int8::export::dequantized(&model).unwrap();
-    assert_eq!(twin.h.len(), 0);
+    assert_eq!(twin.params.blocks.len(), 0);
 }
 
 #[test]

@@ -79,7 +79,7 @@ fn resume_equals_an_uninterrupted_run() {
         );
         assert_eq!(sa.val_bpd.to_bits(), sb.val_bpd.to_bits());
         let ck = Checkpoint::load(&pretrain::checkpoint_path(&a)).unwrap();
-        assert_eq!(ck.train.as_ref().unwrap().step, 6);
+        assert_eq!(ck.state.as_ref().unwrap().step, 6);
         assert_eq!(ck.palette.as_ref(), Some(&pal));
         println!("{objective:?}: 6 steps = 3 + resume + 3 (checkpoint {} bytes, identical); validation {:.4} bits/dim", fa.len(), sa.val_bpd);
         // The loss curve and the log are there.
@@ -181,8 +181,10 @@ fn overfits_four_fashion_mnist_images() {
     // Measure on the four training images themselves.
     let ck = Checkpoint::load(&pretrain::checkpoint_path(&run)).unwrap();
     let dev = dfdx::prelude::Cpu::default();
-    let gpt: igpt::nn::Gpt<f32, _> = ck.model(&dev);
-    let images = pretrain::tokenize_split(dir, Split::Train, &pal, side, 4).unwrap();
+    let gpt: igpt::nn::Gpt<f32, _> = ck.model(&dev).unwrap();
+    let images = igpt::data::tokenize::split(dir, Split::Train, &pal, side, 4)
+        .unwrap()
+        .tokens;
     let refs: Vec<&[u16]> = images.iter().map(|v| v.as_slice()).collect();
     let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(0);
     let bpd = igpt::train::bits(igpt::train::evaluate(

@@ -53,3 +53,21 @@ impl ModelArgs {
         Ok(c)
     }
 }
+
+/// Sets the worker-thread count of the global pool (`--threads`): 1 to 4x this machine's
+/// cores (more only slows every parallel loop down).
+pub fn set_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(t) = threads {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        anyhow::ensure!(
+            (1..=4 * cores).contains(&t),
+            "--threads {t} is out of range (1..={}, 4x this machine's {cores} cores)",
+            4 * cores
+        );
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+            .context("cannot set the thread count")?;
+    }
+    Ok(())
+}

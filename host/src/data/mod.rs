@@ -6,6 +6,7 @@
 //! magic number, a file that is not an image, mixed image sizes where one is required.
 
 pub mod palette;
+pub mod tokenize;
 
 use anyhow::{bail, ensure, Context, Result};
 use std::io::Read;

@@ -18,7 +18,6 @@
 //! fused against reference and both against HF; on `--device cuda` it is dfdx's CUDA
 //! kernels and cuBLAS.
 
-use crate::io::checkpoint::Checkpoint;
 use crate::nn::device::ModelDevice;
 use crate::nn::{Capture, Captures, Gpt};
 use crate::train::{self, Batch};
@@ -126,19 +125,13 @@ fn max_diff(got: &[f32], want: &[f32]) -> f64 {
 /// The class (classifier) or next-token logits of a final hidden state.
 fn logits_of<D: ModelDevice>(
     gpt: &Gpt<f32, D>,
-    ck: &Checkpoint,
     z: Tensor<(usize, usize, usize), f32, D>,
 ) -> Vec<f32> {
-    match &ck.score {
-        Some(s) => {
-            let w: Tensor<(usize, usize), f32, D> = gpt
-                .wte
-                .device()
-                .tensor_from_vec(s.data.clone(), (s.rows, s.cols));
-            z.mean::<_, Axis<1>>()
-                .matmul(w.permute::<_, Axes2<1, 0>>())
-                .as_vec()
-        }
+    match &gpt.params.score {
+        Some(w) => z
+            .mean::<_, Axis<1>>()
+            .matmul(w.clone().permute::<_, Axes2<1, 0>>())
+            .as_vec(),
         None => gpt.logits(z).as_vec(),
     }
 }
@@ -149,8 +142,8 @@ fn loss_and_grads<D: ModelDevice>(gpt: &Gpt<f32, D>, batch: &Batch) -> (f64, Vec
     let value = train::scalar(loss.retaped::<NoneTape>());
     let grads = loss.backward();
     let g = gpt
-        .params()
-        .into_iter()
+        .params
+        .iter()
         .map(|(_, p)| grads.get(p).as_vec())
         .collect();
     (value, g)
@@ -196,8 +189,8 @@ pub fn parity<D: ModelDevice>(dev: &D, dir: &Path) -> Result<Vec<Check>> {
             })
         };
 
-        let gpt: Gpt<f32, D> = ck.model(dev);
-        let mut reference: Gpt<f32, Cpu> = ck.model(&cpu);
+        let gpt: Gpt<f32, D> = ck.model(dev)?;
+        let mut reference: Gpt<f32, Cpu> = ck.model(&cpu)?;
         reference.fused = false;
         let capture = Capture {
             hidden: true,
@@ -231,7 +224,7 @@ pub fn parity<D: ModelDevice>(dev: &D, dir: &Path) -> Result<Vec<Check>> {
             worst.0,
             TOL_HF,
         );
-        let logits = logits_of(&gpt, &ck, z);
+        let logits = logits_of(&gpt, z);
         push(
             "logits vs HF".into(),
             max_diff(&logits, &f32s(&st, &path, "expected.logits")?),
@@ -247,11 +240,11 @@ pub fn parity<D: ModelDevice>(dev: &D, dir: &Path) -> Result<Vec<Check>> {
         );
         push(
             "logits vs CPU reference".into(),
-            max_diff(&logits, &logits_of(&reference, &ck, zr)),
+            max_diff(&logits, &logits_of(&reference, zr)),
             TOL_HF,
         );
 
-        if ck.score.is_none() && t >= 2 {
+        if ck.params.score.is_none() && t >= 2 {
             // AR loss: position p predicts token p + 1; the last position is unweighted.
             let mut target = Vec::with_capacity(b * t);
             let mut weight = Vec::with_capacity(b * t);
@@ -286,7 +279,7 @@ pub fn parity<D: ModelDevice>(dev: &D, dir: &Path) -> Result<Vec<Check>> {
                 (l_dev - l_ref).abs(),
                 TOL_LOSS,
             );
-            let names: Vec<String> = gpt.params().into_iter().map(|(n, _)| n).collect();
+            let names: Vec<String> = gpt.params.names().iter().map(|n| n.to_string()).collect();
             let mut worst = (0.0f64, String::new());
             for ((gd, gr), name) in g_dev.iter().zip(&g_ref).zip(&names) {
                 let scale = gr.iter().fold(0.0f64, |m, x| m.max((*x as f64).abs()));

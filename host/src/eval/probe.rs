@@ -26,16 +26,7 @@ pub fn features<D: Kernels<f32>>(
     let mut out: Vec<Vec<Vec<f32>>> = vec![Vec::with_capacity(images.len()); layers];
     let sos = gpt.config.sos();
     for chunk in images.chunks(batch.max(1)) {
-        let n = chunk[0].len();
-        let mut ids = Vec::with_capacity(chunk.len() * n);
-        for img in chunk {
-            if causal {
-                ids.push(sos);
-                ids.extend(img[..n - 1].iter().map(|&x| x as usize));
-            } else {
-                ids.extend(img.iter().map(|&x| x as usize));
-            }
-        }
+        let ids = crate::data::tokenize::model_ids(chunk, sos, causal);
         let mut caps = Captures::default();
         let cap = Capture {
             hidden: false,
@@ -516,25 +507,16 @@ fn labelled(
     side: usize,
     limit: usize,
 ) -> anyhow::Result<Labelled> {
-    let ds = crate::data::load(path, split, Some(side))?;
-    let ds = if limit > 0 { ds.truncate(limit) } else { ds };
-    let ds = ds.with_channels(palette.channels())?;
-    let n = side * side;
-    let tokens = (0..ds.len())
-        .into_par_iter()
-        .map(|i| {
-            let mut t = vec![0u16; n];
-            palette.tokenize(ds.image(i), &mut t).map(|_| t)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let pixels = (0..ds.len())
-        .map(|i| ds.image(i).iter().map(|&p| p as f32 / 255.0).collect())
-        .collect();
+    let t = crate::data::tokenize::split(path, split, palette, side, limit)?;
     Ok(Labelled {
-        tokens,
-        pixels,
-        labels: ds.labels.clone(),
-        classes: ds.classes.clone(),
+        pixels: t
+            .pixels
+            .iter()
+            .map(|p| p.iter().map(|&v| v as f32 / 255.0).collect())
+            .collect(),
+        tokens: t.tokens,
+        labels: t.labels,
+        classes: t.classes,
     })
 }
 
@@ -615,22 +597,18 @@ pub fn run_on<D: crate::nn::device::ModelDevice>(
             probe_features(&tr_px, &tr_y, &te_px, &te_y, n_classes, &r.cfg),
         ));
     } else {
-        let objective = ck
-            .train
-            .as_ref()
-            .map(|t| t.args.contains("\"objective\":\"Bert\""))
-            .unwrap_or(false);
-        let gpt: Gpt<f32, D> = ck.model(dev);
+        let objective = ck.objective() == crate::nn::Objective::Bert;
+        let gpt: Gpt<f32, D> = ck.model(dev)?;
         let t0 = std::time::Instant::now();
         let ftr = features(&gpt, &tr_tok, r.batch, !objective, show_progress);
         let fte = features(&gpt, &te_tok, r.batch, !objective, show_progress);
         if show_progress {
-            eprintln!(
+            crate::progress::message(format!(
                 "features of {} + {} images from one forward pass each: {:.1} s",
                 tr_tok.len(),
                 te_tok.len(),
                 t0.elapsed().as_secs_f64()
-            );
+            ));
         }
         let layers: Vec<usize> = r
             .layers

@@ -12,202 +12,12 @@
 //! `--device cuda`) each new pixel reruns the model's full forward pass over the sequence
 //! so far: O(n²) positions computed for n pixels, which a GPU absorbs at iGPT's sizes.
 
-use crate::io::checkpoint::Checkpoint;
 use crate::nn::device::ModelDevice;
-use crate::nn::kernels::{gemm, quick_gelu_fwd, rmsnorm_fwd, softmax_row};
+use crate::nn::kv::{step, KvState, Weights};
 use crate::nn::{Capture, Captures, Gpt};
 use anyhow::{ensure, Result};
 use dfdx::prelude::*;
-use igpt_core::Config;
 use rand::Rng;
-
-/// The weights as plain row-major f32 slices, in the checkpoint's layouts.
-pub struct Weights {
-    config: Config,
-    m: Vec<Vec<f32>>,
-}
-
-impl Weights {
-    /// From a checkpoint.
-    pub fn new(ck: &Checkpoint) -> Weights {
-        Weights {
-            config: ck.config,
-            m: ck.weights.iter().map(|w| w.data.clone()).collect(),
-        }
-    }
-
-    fn block(&self, l: usize, i: usize) -> &[f32] {
-        &self.m[2 + 8 * l + i]
-    }
-}
-
-/// A batch of sequences being generated, with its KV cache.
-pub struct KvState {
-    /// Sequences.
-    pub batch: usize,
-    /// Positions filled so far.
-    pub pos: usize,
-    /// `[layer] (batch, n, d)` keys and values.
-    k: Vec<Vec<f32>>,
-    v: Vec<Vec<f32>>,
-}
-
-impl KvState {
-    /// An empty cache for `batch` sequences of up to `n` positions.
-    pub fn new(c: &Config, batch: usize) -> KvState {
-        let size = batch * c.seq_len() * c.width;
-        KvState {
-            batch,
-            pos: 0,
-            k: vec![vec![0f32; size]; c.layers],
-            v: vec![vec![0f32; size]; c.layers],
-        }
-    }
-}
-
-/// Feeds one input token per sequence at position `state.pos` and returns the
-/// next-token logits `(batch, k)`.
-pub fn step(w: &Weights, state: &mut KvState, tokens: &[usize]) -> Vec<f32> {
-    let c = w.config;
-    let (b, d, n, t) = (state.batch, c.width, c.seq_len(), state.pos);
-    assert!(
-        t < n && tokens.len() == b,
-        "step beyond the sequence or wrong batch"
-    );
-    let (h, hd) = (c.heads, c.head_dim());
-    let f = c.mlp_width();
-    // x = wte[token] + wpe[t]                                          (B, C)
-    let mut x = vec![0f32; b * d];
-    for (s, &tok) in tokens.iter().enumerate() {
-        let (e, p) = (&w.m[0][tok * d..(tok + 1) * d], &w.m[1][t * d..(t + 1) * d]);
-        for ((o, e), p) in x[s * d..(s + 1) * d].iter_mut().zip(e).zip(p) {
-            *o = e + p;
-        }
-    }
-    let mut a = vec![0f32; b * d];
-    let mut r = vec![0f32; b];
-    let (mut q, mut o, mut y) = (vec![0f32; b * d], vec![0f32; b * d], vec![0f32; b * d]);
-    let (mut hbuf, mut g) = (vec![0f32; b * f], vec![0f32; b * f]);
-    let mut scores = vec![0f32; t + 1];
-    let scale = 1.0 / (hd as f32).sqrt();
-    for l in 0..c.layers {
-        rmsnorm_fwd(&x, w.block(l, 0), &mut a, &mut r);
-        gemm(
-            b,
-            d,
-            d,
-            &mut q,
-            (d, 1),
-            false,
-            &a,
-            (d, 1),
-            w.block(l, 1),
-            (d, 1),
-            1.0,
-        );
-        // New keys and values go straight into the cache at row t of each sequence.
-        for (which, wi) in [(0, 2), (1, 3)] {
-            let cache = if which == 0 {
-                &mut state.k[l]
-            } else {
-                &mut state.v[l]
-            };
-            gemm(
-                b,
-                d,
-                d,
-                &mut cache[t * d..],
-                (n * d, 1),
-                false,
-                &a,
-                (d, 1),
-                w.block(l, wi),
-                (d, 1),
-                1.0,
-            );
-        }
-        for s in 0..b {
-            let (kc, vc) = (&state.k[l][s * n * d..], &state.v[l][s * n * d..]);
-            for j in 0..h {
-                let qh = &q[s * d + j * hd..s * d + (j + 1) * hd];
-                for (u, sc) in scores.iter_mut().enumerate() {
-                    let kh = &kc[u * d + j * hd..u * d + (j + 1) * hd];
-                    *sc = qh.iter().zip(kh).map(|(x, y)| x * y).sum::<f32>() * scale;
-                }
-                softmax_row(&mut scores, t + 1);
-                let oh = &mut o[s * d + j * hd..s * d + (j + 1) * hd];
-                oh.fill(0.0);
-                for (u, p) in scores.iter().enumerate() {
-                    for (acc, v) in oh.iter_mut().zip(&vc[u * d + j * hd..u * d + (j + 1) * hd]) {
-                        *acc += p * v;
-                    }
-                }
-            }
-        }
-        gemm(
-            b,
-            d,
-            d,
-            &mut y,
-            (d, 1),
-            false,
-            &o,
-            (d, 1),
-            w.block(l, 4),
-            (d, 1),
-            1.0,
-        );
-        x.iter_mut().zip(&y).for_each(|(x, y)| *x += y);
-        rmsnorm_fwd(&x, w.block(l, 5), &mut a, &mut r);
-        gemm(
-            b,
-            f,
-            d,
-            &mut hbuf,
-            (f, 1),
-            false,
-            &a,
-            (d, 1),
-            w.block(l, 6),
-            (f, 1),
-            1.0,
-        );
-        quick_gelu_fwd(&hbuf, &mut g);
-        gemm(
-            b,
-            d,
-            f,
-            &mut y,
-            (d, 1),
-            false,
-            &g,
-            (f, 1),
-            w.block(l, 7),
-            (d, 1),
-            1.0,
-        );
-        x.iter_mut().zip(&y).for_each(|(x, y)| *x += y);
-    }
-    let last = 2 + 8 * c.layers;
-    rmsnorm_fwd(&x, &w.m[last], &mut a, &mut r);
-    let k = c.vocab;
-    let mut logits = vec![0f32; b * k];
-    gemm(
-        b,
-        k,
-        d,
-        &mut logits,
-        (k, 1),
-        false,
-        &a,
-        (d, 1),
-        &w.m[last + 1],
-        (1, d),
-        1.0,
-    );
-    state.pos += 1;
-    logits
-}
 
 /// Draws a token from logits with a temperature and an optional top-k cut.
 pub fn draw<R: Rng>(logits: &[f32], temperature: f32, top_k: Option<usize>, rng: &mut R) -> usize {
@@ -240,6 +50,44 @@ pub fn draw<R: Rng>(logits: &[f32], temperature: f32, top_k: Option<usize>, rng:
     idx[idx.len() - 1]
 }
 
+/// Prefixes to complete and the original images' tokens.
+pub type Completions = (Vec<Vec<u16>>, Vec<Vec<u16>>);
+
+/// The prefixes of image completion: each image's first `keep_rows` rows, `completions`
+/// times, for image files and the first `test.1` test images of `test.0`. Returns the
+/// prefixes and the original images' tokens.
+pub fn completion_prefixes(
+    palette: &igpt_core::Palette,
+    side: usize,
+    files: &[std::path::PathBuf],
+    test: Option<(&std::path::Path, usize)>,
+    keep_rows: usize,
+    completions: usize,
+) -> Result<Completions> {
+    ensure!(
+        keep_rows > 0 && keep_rows < side,
+        "--keep-rows must be in 1..{side}"
+    );
+    ensure!(completions > 0, "--completions must be positive");
+    let mut originals = Vec::new();
+    for path in files {
+        originals.push(crate::data::tokenize::image(path, palette, side)?);
+    }
+    if let Some((data, count)) = test {
+        originals.extend(
+            crate::data::tokenize::split(data, crate::data::Split::Test, palette, side, count)?
+                .tokens,
+        );
+    }
+    let mut prefixes = Vec::new();
+    for t in &originals {
+        for _ in 0..completions {
+            prefixes.push(t[..keep_rows * side].to_vec());
+        }
+    }
+    Ok((prefixes, originals))
+}
+
 /// At least one sequence, and every prefix shorter than the image's `n` pixels.
 fn check_prefixes(prefixes: &[Vec<u16>], n: usize) -> Result<()> {
     ensure!(!prefixes.is_empty(), "nothing to generate");
@@ -259,7 +107,7 @@ pub fn generate<R: Rng>(
     top_k: Option<usize>,
     rng: &mut R,
 ) -> Result<Vec<Vec<u16>>> {
-    let c = w.config;
+    let c = *w.config();
     let n = c.seq_len();
     let b = prefixes.len();
     check_prefixes(prefixes, n)?;
@@ -337,65 +185,21 @@ pub fn generate_full<D: ModelDevice, R: Rng>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use igpt_core::Config;
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
-
-    #[test]
-    fn kv_cached_steps_match_the_full_forward_pass() {
-        let config = Config::new(16, 4, 32, 4, 2).unwrap();
-        let dev = Cpu::seed_from_u64(0);
-        let mut gpt = Gpt::<f32, Cpu>::init(&dev, config, 3);
-        let mut rng = ChaCha8Rng::seed_from_u64(1);
-        gpt.lm_head = dev.tensor_from_vec(
-            (0..16 * 32).map(|_| rng.gen_range(-0.3..0.3)).collect(),
-            (16, 32),
-        );
-        let ck = Checkpoint::from_model(&gpt, None);
-        let w = Weights::new(&ck);
-        // Two sequences of 16 input tokens each (SOS first).
-        let ids: Vec<usize> = (0..32)
-            .map(|i| {
-                if i % 16 == 0 {
-                    16
-                } else {
-                    rng.gen_range(0..16)
-                }
-            })
-            .collect();
-        let z = gpt.forward::<NoneTape>(
-            &ids,
-            2,
-            true,
-            None,
-            Capture::default(),
-            &mut Captures::default(),
-        );
-        let full = gpt.logits(z).as_vec();
-        let mut state = KvState::new(&config, 2);
-        let mut worst = 0f32;
-        for t in 0..16 {
-            let logits = step(&w, &mut state, &[ids[t], ids[16 + t]]);
-            for s in 0..2 {
-                for v in 0..16 {
-                    let d = (logits[s * 16 + v] - full[(s * 16 + t) * 16 + v]).abs();
-                    worst = worst.max(d);
-                }
-            }
-        }
-        assert!(worst < 1e-4, "KV-cached logits differ by {worst}");
-    }
 
     #[test]
     fn full_forward_sampling_matches_the_kv_cache() {
         let config = Config::new(16, 4, 32, 4, 2).unwrap();
         let dev = Cpu::seed_from_u64(0);
-        let mut gpt = Gpt::<f32, Cpu>::init(&dev, config, 5);
+        let mut gpt = Gpt::<f32, Cpu>::init(&dev, config, None, 5);
         let mut rng = ChaCha8Rng::seed_from_u64(2);
-        gpt.lm_head = dev.tensor_from_vec(
+        gpt.params.lm_head = dev.tensor_from_vec(
             (0..16 * 32).map(|_| rng.gen_range(-1.0..1.0)).collect(),
             (16, 32),
         );
-        let w = Weights::new(&Checkpoint::from_model(&gpt, None));
+        let w = Weights::from_model(&gpt);
         let prefixes = vec![vec![], vec![3, 4, 5], vec![15; 9]];
         let mut r1 = ChaCha8Rng::seed_from_u64(9);
         let mut r2 = ChaCha8Rng::seed_from_u64(9);
@@ -442,7 +246,7 @@ pub fn write_grid(
     out: &std::path::Path,
 ) -> Result<GridReport> {
     use rand::SeedableRng;
-    let w = Weights::new(ck);
+    let w = Weights::new(ck.config, &ck.params);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let t0 = std::time::Instant::now();
     let images = generate(&w, prefixes, temperature, top_k, &mut rng)?;

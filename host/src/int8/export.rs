@@ -2,137 +2,14 @@
 //! format definitions), the f32 twin of a file (its weights dequantized into a dfdx
 //! [`Gpt`]) and the evaluations that compare the two.
 
-use crate::io::checkpoint::{Checkpoint, Mat};
-use crate::nn::Gpt;
+use crate::io::checkpoint::Checkpoint;
+pub use crate::io::probe_head::ProbeHead;
+use crate::nn::{BlockTensor, Gpt, GptParams, Mat, Objective, ParamName};
 use anyhow::{bail, ensure, Context, Result};
 use igpt_core::format::{self, Header, Layout, PaletteRecord, ProbeRecord, Shape, MAGIC, VERSION};
 use igpt_core::quant::{write_f32s, write_qmat};
 use igpt_core::{Config, Model};
 use std::path::Path;
-
-/// A linear-probe head as `igpt probe` writes it (`probe-head.json`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProbeHead {
-    /// Feature layer (`0..=L`).
-    pub layer: usize,
-    /// Class names.
-    pub classes: Vec<String>,
-    /// Feature means.
-    pub mean: Vec<f32>,
-    /// Feature standard deviations.
-    pub std: Vec<f32>,
-    /// `(classes, d)` weights.
-    pub weight: Vec<f32>,
-    /// Biases.
-    pub bias: Vec<f32>,
-}
-
-impl ProbeHead {
-    /// Reads `probe-head.json`, checking every length against `d`.
-    pub fn load(path: &Path, d: usize) -> Result<ProbeHead> {
-        let bytes = crate::io::read(path)?;
-        let v: serde_json::Value = serde_json::from_slice(&bytes)
-            .with_context(|| format!("{}: not JSON", path.display()))?;
-        let p = path.display();
-        let floats = |k: &str| -> Result<Vec<f32>> {
-            v.get(k)
-                .and_then(|a| a.as_array())
-                .with_context(|| format!("{p}: no array `{k}`"))?
-                .iter()
-                .map(|x| x.as_f64().map(|f| f as f32))
-                .collect::<Option<Vec<f32>>>()
-                .with_context(|| format!("{p}: `{k}` holds a non-number"))
-        };
-        let layer = match v.get("layer") {
-            Some(serde_json::Value::String(s)) if s == "raw_pixels" => {
-                bail!("{p}: a raw-pixel probe has no model layer to export")
-            }
-            Some(serde_json::Value::String(s)) => s
-                .parse::<usize>()
-                .with_context(|| format!("{p}: layer `{s}` is not a number"))?,
-            Some(x) => x
-                .as_u64()
-                .with_context(|| format!("{p}: `layer` is not a number"))?
-                as usize,
-            None => bail!("{p}: no `layer`"),
-        };
-        let classes: Vec<String> = v
-            .get("classes")
-            .and_then(|a| a.as_array())
-            .with_context(|| format!("{p}: no array `classes`"))?
-            .iter()
-            .map(|x| match x {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            })
-            .collect();
-        let h = ProbeHead {
-            layer,
-            mean: floats("mean")?,
-            std: floats("std")?,
-            weight: floats("weight")?,
-            bias: floats("bias")?,
-            classes,
-        };
-        let c = h.classes.len();
-        ensure!(c > 0, "{p}: no classes");
-        ensure!(
-            h.mean.len() == d && h.std.len() == d,
-            "{p}: standardisation has {} values, the model width is {d}",
-            h.mean.len()
-        );
-        ensure!(
-            h.weight.len() == c * d && h.bias.len() == c,
-            "{p}: weights are not {c} x {d} with {c} biases"
-        );
-        ensure!(
-            h.std.iter().all(|s| s.is_finite() && *s > 0.0)
-                && h.mean
-                    .iter()
-                    .chain(&h.weight)
-                    .chain(&h.bias)
-                    .all(|x| x.is_finite()),
-            "{p}: non-finite or non-positive standard deviation values"
-        );
-        ensure!(
-            h.classes.iter().all(|s| !s.contains('\n')),
-            "{p}: a class name contains a line break"
-        );
-        Ok(h)
-    }
-
-    /// The head stored in a model file (exactly its f32 values).
-    pub fn from_model(model: &Model<'_>) -> Option<ProbeHead> {
-        let p = model.probe_record()?;
-        let f = le_f32s;
-        Some(ProbeHead {
-            layer: p.layer as usize,
-            classes: (0..p.classes as usize)
-                .map(|c| model.class_name(c).to_string())
-                .collect(),
-            mean: f(p.mean),
-            std: f(p.std),
-            weight: f(p.weight),
-            bias: f(p.bias),
-        })
-    }
-
-    /// Class scores of a feature vector.
-    pub fn scores(&self, f: &[f32]) -> Vec<f32> {
-        let d = self.mean.len();
-        let z: Vec<f32> = f
-            .iter()
-            .zip(&self.mean)
-            .zip(&self.std)
-            .map(|((x, m), s)| (x - m) / s)
-            .collect();
-        self.weight
-            .chunks_exact(d)
-            .zip(&self.bias)
-            .map(|(w, b)| b + w.iter().zip(&z).map(|(a, b)| a * b).sum::<f32>())
-            .collect()
-    }
-}
 
 /// What an export measured.
 #[derive(Debug, Clone)]
@@ -154,11 +31,20 @@ impl ExportReport {
     }
 }
 
-/// True when the checkpoint was pretrained with the BERT objective.
-pub fn is_bert(ck: &Checkpoint) -> bool {
-    ck.train
-        .as_ref()
-        .is_some_and(|t| t.args.contains("\"objective\":\"Bert\""))
+/// The probe head stored in a model file (exactly its f32 values).
+pub fn probe_head(model: &Model<'_>) -> Option<ProbeHead> {
+    let p = model.probe_record()?;
+    Some(ProbeHead {
+        layer: crate::io::probe_head::ProbeLayer::Layer(p.layer as usize),
+        classes: (0..p.classes as usize)
+            .map(|c| model.class_name(c).to_string())
+            .collect(),
+        mean: le_f32s(p.mean),
+        std: le_f32s(p.std),
+        weight: le_f32s(p.weight),
+        bias: le_f32s(p.bias),
+        seeded: false,
+    })
 }
 
 /// Little-endian f32 bytes (the model file's gains and probe arrays) as values.
@@ -166,16 +52,6 @@ fn le_f32s(b: &[u8]) -> Vec<f32> {
     (0..b.len() / 4)
         .map(|i| igpt_core::quant::f32_at(b, i))
         .collect()
-}
-
-fn transpose(m: &Mat) -> Vec<f32> {
-    let mut out = vec![0f32; m.data.len()];
-    for r in 0..m.rows {
-        for c in 0..m.cols {
-            out[c * m.rows + r] = m.data[r * m.cols + c];
-        }
-    }
-    out
 }
 
 /// Writes a checkpoint as an int8 model file (bytes), with an optional probe head; `cut`
@@ -191,15 +67,16 @@ pub fn export(
         .as_ref()
         .context("the checkpoint has no palette (pretrain or import-hf with --palette)")?;
     if let Some(h) = head {
+        let layer = h.model_layer()?;
         ensure!(
-            h.layer <= c.layers,
-            "probe layer {} is beyond the model's {} layers",
-            h.layer,
+            layer <= c.layers,
+            "probe layer {layer} is beyond the model's {} layers",
             c.layers
         );
+        h.validate(c.width)?;
     }
     let stored = match (cut, head) {
-        (true, Some(h)) => h.layer,
+        (true, Some(h)) => h.model_layer()?,
         (true, None) => bail!("--upto-probe-layer needs --probe"),
         (false, _) => c.layers,
     };
@@ -208,54 +85,52 @@ pub fn export(
     let mut blob = vec![0u8; layout.total];
     let mut errors = Vec::new();
     let mut at = 0usize;
-    let names = Gpt::<f32, dfdx::prelude::Cpu>::param_shapes(&c);
-    ensure!(ck.weights.len() == names.len(), "checkpoint tensor count");
-    let mut put_mat =
-        |name: &str, w: &[f32], rows: usize, cols: usize, at: &mut usize| -> Result<()> {
-            let n = format::qmat_bytes(rows, cols);
-            let err = write_qmat(w, rows, cols, &mut blob[*at..*at + n])
-                .with_context(|| format!("{name}: cannot quantize"))?;
-            let amax = w.iter().fold(0f32, |m, v| m.max(v.abs()));
-            errors.push((
-                name.to_string(),
-                err,
-                if amax > 0.0 { err / amax } else { 0.0 },
-            ));
-            *at += n;
-            Ok(())
+    let p = &ck.params;
+    ensure!(p.blocks.len() == c.layers, "checkpoint block count");
+    let mut put_mat = |name: ParamName, m: &Mat, at: &mut usize| -> Result<()> {
+        // Projections are stored [in, out] in the host; the file wants [out][in].
+        let m = if name.is_projection() {
+            m.transposed()
+        } else {
+            m.clone()
         };
-    let w = &ck.weights;
-    put_mat(&names[0].0, &w[0].data, w[0].rows, w[0].cols, &mut at)?;
-    put_mat(&names[1].0, &w[1].data, w[1].rows, w[1].cols, &mut at)?;
+        let n = format::qmat_bytes(m.rows, m.cols);
+        let err = write_qmat(&m.data, m.rows, m.cols, &mut blob[*at..*at + n])
+            .with_context(|| format!("{name}: cannot quantize"))?;
+        let amax = m.data.iter().fold(0f32, |a, v| a.max(v.abs()));
+        errors.push((
+            name.to_string(),
+            err,
+            if amax > 0.0 { err / amax } else { 0.0 },
+        ));
+        *at += n;
+        Ok(())
+    };
     let mut gains: Vec<(usize, Vec<f32>)> = Vec::new();
-    for l in 0..stored {
-        let base = 2 + 8 * l;
-        for (j, name) in names[base..base + 8].iter().enumerate() {
-            let m = &w[base + j];
-            if name.0.contains("ln_") {
-                gains.push((at, m.data.clone()));
-                at += 4 * m.cols;
+    let mut put_gain = |g: &Mat, at: &mut usize| {
+        gains.push((*at, g.data.clone()));
+        *at += 4 * g.cols;
+    };
+    // The file's order (igpt_core::format::Layout): embeddings, then per block its gains
+    // and matrices in parameter order, then the feature norm (and the head).
+    put_mat(ParamName::Wte, &p.wte, &mut at)?;
+    put_mat(ParamName::Wpe, &p.wpe, &mut at)?;
+    for (l, b) in p.blocks[..stored].iter().enumerate() {
+        for t in BlockTensor::ALL {
+            let name = ParamName::Block(l, t);
+            if name.is_gain() {
+                put_gain(b.get(t), &mut at);
             } else {
-                // Stored [in, out] in the host; the file wants [out][in].
-                put_mat(&name.0, &transpose(m), m.cols, m.rows, &mut at)?;
+                put_mat(name, b.get(t), &mut at)?;
             }
         }
     }
     if full {
-        let lnf = &w[2 + 8 * c.layers];
-        gains.push((at, lnf.data.clone()));
-        at += 4 * c.width;
-        let head_m = &w[3 + 8 * c.layers];
-        put_mat(
-            "lm_head.weight",
-            &head_m.data,
-            head_m.rows,
-            head_m.cols,
-            &mut at,
-        )?;
+        put_gain(&p.ln_f, &mut at);
+        put_mat(ParamName::LmHead, &p.lm_head, &mut at)?;
     } else {
-        gains.push((at, w[2 + 8 * stored].data.clone()));
-        at += 4 * c.width;
+        // A file cut at the probe layer keeps that block's first norm as its feature norm.
+        put_gain(&p.blocks[stored].ln_1, &mut at);
     }
     ensure!(at == layout.total, "internal: layout size");
     for (off, g) in gains {
@@ -276,14 +151,14 @@ pub fn export(
         version: VERSION,
         shape: Shape::from_config(&c)?,
         stored_layers: stored as u16,
-        causal: !is_bert(ck),
+        causal: ck.objective() == Objective::Ar,
         palette: PaletteRecord {
             channels: palette.channels() as u8,
             centres: palette.centres(),
         },
         probe: match (&probe_bytes, head) {
             (Some((mean, std, weight, bias, labels)), Some(h)) => Some(ProbeRecord {
-                layer: h.layer as u16,
+                layer: h.model_layer()? as u16,
                 classes: h.classes.len() as u16,
                 mean,
                 std,
@@ -321,43 +196,50 @@ pub fn dequantized(model: &Model<'_>) -> Result<Gpt<f32, dfdx::prelude::Cpu>> {
             m.dequant_row(r, row);
         }
         if transpose_to_in_out {
-            transpose(&Mat {
+            Mat {
                 rows: m.rows,
                 cols: m.cols,
                 data: rows,
-            })
+            }
+            .transposed()
+            .data
         } else {
             rows
         }
     };
-    let gain = le_f32s;
-    let mut values = vec![mat(w.wte()?, false), mat(w.wpe()?, false)];
-    for l in 0..stored {
-        let b = w.block(l)?;
-        values.push(gain(b.ln_1));
-        for m in [b.q, b.k, b.v, b.c_proj] {
-            values.push(mat(m, true));
-        }
-        values.push(gain(b.ln_2));
-        values.push(mat(b.c_fc, true));
-        values.push(mat(b.mlp_proj, true));
-    }
-    values.push(gain(w.feature_norm(stored)?));
-    values.push(match w.head() {
-        Ok((_, h)) => mat(h, false),
-        Err(_) => vec![0f32; c.vocab * d],
-    });
     // Zero stored blocks (a file cut at probe layer 0) is a valid twin: embeddings and the
     // feature norm only.
     let cfg = Config {
         layers: stored,
         ..c
     };
-    Ok(Gpt::from_values(
-        &dfdx::prelude::Cpu::default(),
-        cfg,
-        values,
-    ))
+    let values = GptParams::try_build(stored, false, |name| -> Result<Vec<f32>> {
+        Ok(match name {
+            ParamName::Wte => mat(w.wte()?, false),
+            ParamName::Wpe => mat(w.wpe()?, false),
+            ParamName::Block(l, t) => {
+                let b = w.block(l)?;
+                match t {
+                    BlockTensor::Ln1 => le_f32s(b.ln_1),
+                    BlockTensor::Q => mat(b.q, true),
+                    BlockTensor::K => mat(b.k, true),
+                    BlockTensor::V => mat(b.v, true),
+                    BlockTensor::CProj => mat(b.c_proj, true),
+                    BlockTensor::Ln2 => le_f32s(b.ln_2),
+                    BlockTensor::CFc => mat(b.c_fc, true),
+                    BlockTensor::MlpProj => mat(b.mlp_proj, true),
+                }
+            }
+            ParamName::LnF => le_f32s(w.feature_norm(stored)?),
+            ParamName::LmHead => match w.head() {
+                Ok((_, h)) => mat(h, false),
+                Err(_) => vec![0f32; c.vocab * d],
+            },
+            ParamName::Score => unreachable!("built without a class head"),
+        })
+    })?;
+    Gpt::from_values(&dfdx::prelude::Cpu::default(), cfg, &values)
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Reads and parses a model file, naming the file in any error.

@@ -1,6 +1,6 @@
 //! Running igpt-core's int8 model on the host: `classify`, `eval` and `bench infer`.
 
-use crate::int8::export::{dequantized, is_bert, ProbeHead};
+use crate::int8::export::{dequantized, probe_head};
 use crate::int8::kernels::{FastOps, Packed};
 use crate::io::checkpoint::Checkpoint;
 use crate::nn::{Capture, Captures, Gpt};
@@ -64,18 +64,38 @@ pub fn logits(
     model.logits_with(ops, image, s, out)
 }
 
-/// Reads an image file and tokenizes it at the model's resolution with its palette.
-pub fn image_tokens(model: &Model<'_>, path: &Path) -> Result<Vec<u16>> {
-    let img = crate::data::read_image(path)?;
-    let side = model.config().side;
-    let px = crate::data::square_resize(&img.rgb, img.width, img.height, 3, side);
-    let px = crate::data::convert_channels(&px, 3, model.palette().channels())?;
-    let mut t = vec![0u16; side * side];
-    model
-        .palette()
-        .tokenize(&px, &mut t)
-        .with_context(|| format!("{}: cannot tokenize", path.display()))?;
-    Ok(t)
+/// Firmware test vectors (igpt-core's `vectors` format) of the first `count` test images
+/// of `data`: tokens, labels and this host's int8 prediction (with the vector kernels;
+/// the firmware runs the portable path and checks the two agree bit for bit). Returns
+/// the file's bytes, the number of correct predictions and the number of images.
+pub fn test_vectors(
+    model: &Model<'_>,
+    data: &Path,
+    count: usize,
+) -> Result<(Vec<u8>, usize, usize)> {
+    let c = *model.config();
+    let set = crate::data::tokenize::split(
+        data,
+        crate::data::Split::Test,
+        model.palette(),
+        c.side,
+        count,
+    )?;
+    let mut buf = Buffers::new(&c);
+    let packed = Packed::new(model)?;
+    let mut ops = packed.ops();
+    let mut out = vec![0u8; igpt_core::vectors::file_len(set.len(), c.seq_len())];
+    let mut w = igpt_core::vectors::Writer::new(&mut out, set.len(), c.seq_len())?;
+    let mut correct = 0;
+    for (t, &label) in set.tokens.iter().zip(&set.labels) {
+        let mut s = buf.scratch(&c)?;
+        let p = classify(model, &mut ops, t, &mut s)?;
+        correct += (p.class == label as usize) as usize;
+        let prob = p.probs.get(p.class).copied().unwrap_or(0.0);
+        w.push(t, label, p.class as u16, prob)?;
+    }
+    w.finish()?;
+    Ok((out, correct, set.len()))
 }
 
 /// Classifies every image with the core (in parallel, one scratch per task).
@@ -160,23 +180,22 @@ pub fn eval(
 ) -> Result<EvalReport> {
     let c = *model.config();
     let (layer, _) = model.probe().context("the model file has no probe head")?;
-    let ds = crate::data::load(data, crate::data::Split::Test, Some(c.side))?;
-    let ds = if limit > 0 { ds.truncate(limit) } else { ds };
-    let ds = ds.with_channels(model.palette().channels())?;
-    let images: Vec<Vec<u16>> = (0..ds.len())
-        .map(|i| {
-            let mut t = vec![0u16; c.seq_len()];
-            model.palette().tokenize(ds.image(i), &mut t).map(|_| t)
-        })
-        .collect::<Result<_, _>>()?;
+    let ds = crate::data::tokenize::split(
+        data,
+        crate::data::Split::Test,
+        model.palette(),
+        c.side,
+        limit,
+    )?;
+    let images = &ds.tokens;
     let t0 = std::time::Instant::now();
-    let preds = classify_all(model, &images)?;
+    let preds = classify_all(model, images)?;
     if show {
-        eprintln!(
+        crate::progress::message(format!(
             "int8: {} images in {:.1} s",
             images.len(),
             t0.elapsed().as_secs_f64()
-        );
+        ));
     }
     let acc = |p: &[usize]| {
         p.iter()
@@ -200,14 +219,14 @@ pub fn eval(
         None
     };
     if let Some(ck) = checkpoint {
-        let head = &ProbeHead::from_model(model).context("the model file has no probe head")?;
+        let head = &probe_head(model).context("the model file has no probe head")?;
         anyhow::ensure!(
             ck.config == c,
             "the checkpoint's shape differs from the model file's"
         );
-        let gpt: Gpt<f32, Cpu> = ck.model(&Cpu::default());
-        let causal = !is_bert(ck);
-        let feats = f32_features(&gpt, &images, layer, causal, show);
+        let gpt: Gpt<f32, Cpu> = ck.model(&Cpu::default())?;
+        let causal = ck.objective() == crate::nn::Objective::Ar;
+        let feats = f32_features(&gpt, images, layer, causal, show);
         let p32: Vec<usize> = feats
             .iter()
             .map(|f| {
@@ -286,26 +305,15 @@ pub fn bench(
     };
     // f32: the stored blocks only, so both stop at the probe layer.
     let mut gpt = dequantized(model)?;
-    if layer < gpt.h.len() {
-        gpt.ln_f = gpt.h[layer].ln_1.clone();
-        gpt.h.truncate(layer);
+    if layer < gpt.params.blocks.len() {
+        gpt.params.ln_f = gpt.params.blocks[layer].ln_1.clone();
+        gpt.params.blocks.truncate(layer);
         gpt.config.layers = layer;
     }
     let f32_pass = |batch: usize| {
         let t0 = std::time::Instant::now();
         for chunk in images.chunks(batch.max(1)) {
-            let ids: Vec<usize> = chunk
-                .iter()
-                .flat_map(|img| -> Vec<usize> {
-                    if model.causal() {
-                        std::iter::once(c.sos())
-                            .chain(img[..img.len() - 1].iter().map(|&t| t as usize))
-                            .collect()
-                    } else {
-                        img.iter().map(|&t| t as usize).collect()
-                    }
-                })
-                .collect();
+            let ids = crate::data::tokenize::model_ids(chunk, c.sos(), model.causal());
             let mut caps = Captures::default();
             let cap = Capture {
                 hidden: false,

@@ -6,11 +6,13 @@
 //! Written atomically; read with every field checked, so a corrupt or truncated file is
 //! an error naming the file, never a panic.
 
-use crate::nn::{cst, Float, Gpt};
+use super::meta::{FinetuneArgs, PretrainArgs};
+use crate::nn::{cst, Float, Gpt, GptParams, Mat, Objective, ParamName};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use dfdx::prelude::*;
 use igpt_core::{Config, Palette};
 use safetensors::{Dtype as StDtype, SafeTensors};
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 /// Value of the `format` metadata key.
@@ -18,15 +20,53 @@ pub const FORMAT: &str = "igpt-checkpoint";
 /// The checkpoint version this build writes and reads.
 pub const VERSION: u32 = 1;
 
-/// A tensor in a checkpoint: shape `(rows, cols)`, f32 values.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Mat {
-    /// Rows.
-    pub rows: usize,
-    /// Columns.
-    pub cols: usize,
-    /// `rows * cols` values, row-major.
-    pub data: Vec<f32>,
+/// The data RNG (ChaCha8): seed, stream and word position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RngState {
+    /// Seed.
+    pub seed: [u8; 32],
+    /// ChaCha stream.
+    pub stream: u64,
+    /// ChaCha word position.
+    pub word_pos: u128,
+}
+
+impl RngState {
+    /// The state of `rng`.
+    pub fn of(rng: &rand_chacha::ChaCha8Rng) -> RngState {
+        RngState {
+            seed: rng.get_seed(),
+            stream: rng.get_stream(),
+            word_pos: rng.get_word_pos(),
+        }
+    }
+
+    /// An RNG in this state.
+    pub fn rng(&self) -> rand_chacha::ChaCha8Rng {
+        use rand::SeedableRng;
+        let mut rng = rand_chacha::ChaCha8Rng::from_seed(self.seed);
+        rng.set_stream(self.stream);
+        rng.set_word_pos(self.word_pos);
+        rng
+    }
+}
+
+/// The training loop's record (`loop_state`): early stopping and the running means of
+/// the next log row, so that a resumed run logs and stops as an uninterrupted one.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct LoopProgress {
+    /// Best evaluation score so far (higher is better), if any evaluation ran.
+    pub best_score: Option<f64>,
+    /// Step of that evaluation.
+    pub best_step: u64,
+    /// Evaluations since the best one.
+    pub since_best: usize,
+    /// Sums of the training metrics since the last log row.
+    #[serde(default)]
+    pub window_sum: Vec<f64>,
+    /// Steps since the last log row.
+    #[serde(default)]
+    pub window_steps: u64,
 }
 
 /// What training needs to continue exactly where it stopped.
@@ -34,18 +74,14 @@ pub struct Mat {
 pub struct TrainState {
     /// Optimizer steps taken.
     pub step: u64,
-    /// AdamW first moments, in parameter order.
-    pub m: Vec<Mat>,
-    /// AdamW second moments, in parameter order.
-    pub v: Vec<Mat>,
-    /// The data RNG (ChaCha8): seed, stream and word position.
-    pub rng_seed: [u8; 32],
-    /// ChaCha stream.
-    pub rng_stream: u64,
-    /// ChaCha word position.
-    pub rng_word_pos: u128,
-    /// The pretraining arguments as JSON (checked on `--resume`).
-    pub args: String,
+    /// AdamW first moments.
+    pub m: GptParams<Mat>,
+    /// AdamW second moments.
+    pub v: GptParams<Mat>,
+    /// The data RNG.
+    pub rng: RngState,
+    /// Early stopping.
+    pub progress: LoopProgress,
 }
 
 /// Everything in a checkpoint file.
@@ -55,55 +91,69 @@ pub struct Checkpoint {
     pub config: Config,
     /// The palette the model was trained with, when known.
     pub palette: Option<Palette>,
-    /// Weights in [`Gpt::params`] order.
-    pub weights: Vec<Mat>,
-    /// A class head `(classes, C)` (`score.weight`), when present.
-    pub score: Option<Mat>,
-    /// Training state, when saved by `pretrain`.
-    pub train: Option<TrainState>,
-}
-
-fn to_f32<E: Float>(v: Vec<E>) -> Vec<f32> {
-    v.into_iter()
-        .map(|x| x.to_f32().unwrap_or(f32::NAN))
-        .collect()
+    /// Weights (with the class head `score.weight` of a fine-tuned model).
+    pub params: GptParams<Mat>,
+    /// The pretraining run's arguments, when it was pretrained here (also kept in the
+    /// checkpoints fine-tuned from it).
+    pub pretrain: Option<PretrainArgs>,
+    /// The fine-tuning run's arguments, for a fine-tuned model.
+    pub finetune: Option<FinetuneArgs>,
+    /// Training state: of the pretraining run, or of the fine-tuning run when
+    /// `finetune` is set.
+    pub state: Option<TrainState>,
 }
 
 impl Checkpoint {
-    /// The weights of a model (no class head, no training state).
+    /// The weights of a model (no run metadata, no training state).
     pub fn from_model<E: Float, D: Device<E>>(
         gpt: &Gpt<E, D>,
         palette: Option<Palette>,
     ) -> Checkpoint {
-        let weights = gpt
-            .params()
-            .into_iter()
-            .map(|(_, p)| {
+        Checkpoint {
+            config: gpt.config,
+            palette,
+            params: gpt.params.map(|_, p| {
                 let (rows, cols) = *p.shape();
                 Mat {
                     rows,
                     cols,
-                    data: to_f32(p.as_vec()),
+                    data: p
+                        .as_vec()
+                        .into_iter()
+                        .map(|x| x.to_f32().unwrap_or(f32::NAN))
+                        .collect(),
                 }
-            })
-            .collect();
-        Checkpoint {
-            config: gpt.config,
-            palette,
-            weights,
-            score: None,
-            train: None,
+            }),
+            pretrain: None,
+            finetune: None,
+            state: None,
         }
     }
 
-    /// The model these weights make, on `dev` in element type `E`.
-    pub fn model<E: Float, D: Device<E>>(&self, dev: &D) -> Gpt<E, D> {
+    /// The model these weights make (class head included), on `dev` in element type `E`.
+    pub fn model<E: Float, D: Device<E>>(&self, dev: &D) -> Result<Gpt<E, D>> {
         let values = self
-            .weights
-            .iter()
-            .map(|m| m.data.iter().map(|&x| cst::<E>(x as f64)).collect())
-            .collect();
-        Gpt::from_values(dev, self.config, values)
+            .params
+            .map(|_, m| m.data.iter().map(|&x| cst::<E>(x as f64)).collect());
+        Gpt::from_values(dev, self.config, &values).map_err(|e| anyhow!("checkpoint: {e}"))
+    }
+
+    /// The objective the model was pretrained with (AR when not recorded, as for HF
+    /// imports: iGPT's released models are AR).
+    pub fn objective(&self) -> Objective {
+        self.pretrain
+            .as_ref()
+            .map_or(Objective::Ar, |a| a.objective)
+    }
+
+    /// The palette, or an error naming `path` when the checkpoint has none.
+    pub fn palette_or_err(&self, path: &Path) -> Result<Palette> {
+        self.palette.clone().with_context(|| {
+            format!(
+                "{}: the checkpoint has no palette (pretrain, or import-hf with --palette)",
+                path.display()
+            )
+        })
     }
 
     fn config_json(&self) -> String {
@@ -116,22 +166,14 @@ impl Checkpoint {
 
     /// Named tensors in canonical order (the order the CRC covers).
     fn named(&self) -> Vec<(String, &Mat)> {
-        let names = Gpt::<f32, Cpu>::param_shapes(&self.config);
-        let mut out: Vec<(String, &Mat)> = names
+        let mut out: Vec<(String, &Mat)> = self
+            .params
             .iter()
-            .map(|(n, _)| n.clone())
-            .zip(&self.weights)
+            .map(|(n, m)| (n.to_string(), m))
             .collect();
-        if let Some(s) = &self.score {
-            out.push(("score.weight".into(), s));
-        }
-        if let Some(t) = &self.train {
-            for (i, (n, _)) in names.iter().enumerate() {
-                out.push((format!("optim.m.{n}"), &t.m[i]));
-            }
-            for (i, (n, _)) in names.iter().enumerate() {
-                out.push((format!("optim.v.{n}"), &t.v[i]));
-            }
+        if let Some(t) = &self.state {
+            out.extend(t.m.iter().map(|(n, m)| (format!("optim.m.{n}"), m)));
+            out.extend(t.v.iter().map(|(n, m)| (format!("optim.v.{n}"), m)));
         }
         out
     }
@@ -159,12 +201,20 @@ impl Checkpoint {
             p.to_bytes(&mut buf)?;
             put("palette", hex(&buf));
         }
-        if let Some(t) = &self.train {
+        if let Some(a) = &self.pretrain {
+            put("train_args", serde_json::to_string(a)?);
+        }
+        if let Some(a) = &self.finetune {
+            put("finetune_args", serde_json::to_string(a)?);
+        }
+        if let Some(t) = &self.state {
             put("step", t.step.to_string());
-            put("rng_seed", hex(&t.rng_seed));
-            put("rng_stream", t.rng_stream.to_string());
-            put("rng_word_pos", t.rng_word_pos.to_string());
-            put("train_args", t.args.clone());
+            put("rng_seed", hex(&t.rng.seed));
+            put("rng_stream", t.rng.stream.to_string());
+            put("rng_word_pos", t.rng.word_pos.to_string());
+            if t.progress != LoopProgress::default() {
+                put("loop_state", serde_json::to_string(&t.progress)?);
+            }
         }
         // The CRC covers every tensor and every other metadata entry.
         crc.update(
@@ -178,12 +228,22 @@ impl Checkpoint {
         );
         // The safetensors layout, written here so that the same checkpoint always gives
         // the same bytes (keys sorted; tensors' data in canonical order).
+        let gain_names: Vec<String> = self
+            .params
+            .iter()
+            .filter(|(n, _)| n.is_gain())
+            .map(|(n, _)| n.to_string())
+            .collect();
         let mut header = serde_json::Map::new();
         header.insert("__metadata__".into(), serde_json::Value::Object(meta));
         let mut offset = 0usize;
         for ((name, m), b) in named.iter().zip(&bytes) {
-            // Norm gains are stored 1-D, as in HF's state dict.
-            let shape = if m.rows == 1 && name.contains("ln_") {
+            // Norm gains (and their moments) are stored 1-D, as in HF's state dict.
+            let base = name
+                .strip_prefix("optim.m.")
+                .or_else(|| name.strip_prefix("optim.v."))
+                .unwrap_or(name);
+            let shape = if m.rows == 1 && gain_names.iter().any(|g| g == base) {
                 serde_json::json!([m.cols])
             } else {
                 serde_json::json!([m.rows, m.cols])
@@ -265,66 +325,84 @@ impl Checkpoint {
                 config.vocab
             );
         }
-        let read = |name: &str, rows: usize, cols: usize| -> Result<Mat> {
-            let (shape, data) = f32_tensor(&st, name)?;
-            let n: usize = shape.iter().product();
-            ensure!(
-                n == rows * cols && shape.len() <= 2 && (shape.len() == 2 || rows == 1),
-                "{name} has shape {shape:?}, expected [{rows}, {cols}]"
-            );
-            Ok(Mat { rows, cols, data })
-        };
-        let shapes = Gpt::<f32, Cpu>::param_shapes(&config);
-        let weights = shapes
-            .iter()
-            .map(|(n, (r, c))| read(n, *r, *c))
-            .collect::<Result<Vec<_>>>()?;
-        let score = match st.tensor("score.weight") {
+        let classes = match st.tensor("score.weight") {
             Ok(t) => {
                 let s = t.shape();
                 ensure!(
-                    s.len() == 2 && s[1] == config.width,
+                    s.len() == 2 && s[1] == config.width && s[0] > 0,
                     "score.weight has shape {s:?}"
                 );
-                Some(read("score.weight", s[0], s[1])?)
+                Some(s[0])
             }
             Err(_) => None,
         };
-        let train = match meta.get("step") {
+        let read = |prefix: &str, name: ParamName| -> Result<Mat> {
+            let (rows, cols) = name.shape(&config, classes.unwrap_or(0));
+            let full = format!("{prefix}{name}");
+            let (shape, data) = f32_tensor(&st, &full)?;
+            let n: usize = shape.iter().product();
+            ensure!(
+                n == rows * cols && shape.len() <= 2 && (shape.len() == 2 || rows == 1),
+                "{full} has shape {shape:?}, expected [{rows}, {cols}]"
+            );
+            Ok(Mat { rows, cols, data })
+        };
+        let params = GptParams::try_build(config.layers, classes.is_some(), |n| read("", n))?;
+        let json = |k: &str| -> Result<Option<serde_json::Value>> {
+            meta.get(k)
+                .map(|s| serde_json::from_str(s).map_err(|e| anyhow!("{k}: {e}")))
+                .transpose()
+        };
+        let pretrain: Option<PretrainArgs> = json("train_args")?
+            .map(|v| serde_json::from_value(v).map_err(|e| anyhow!("train_args: {e}")))
+            .transpose()?;
+        let finetune: Option<FinetuneArgs> = json("finetune_args")?
+            .map(|v| serde_json::from_value(v).map_err(|e| anyhow!("finetune_args: {e}")))
+            .transpose()?;
+        let state = match meta.get("step") {
             None => None,
             Some(step) => {
-                let m = shapes
-                    .iter()
-                    .map(|(n, (r, c))| read(&format!("optim.m.{n}"), *r, *c))
-                    .collect::<Result<Vec<_>>>()?;
-                let v = shapes
-                    .iter()
-                    .map(|(n, (r, c))| read(&format!("optim.v.{n}"), *r, *c))
-                    .collect::<Result<Vec<_>>>()?;
+                let m = GptParams::try_build(config.layers, classes.is_some(), |n| {
+                    read("optim.m.", n)
+                })?;
+                let v = GptParams::try_build(config.layers, classes.is_some(), |n| {
+                    read("optim.v.", n)
+                })?;
                 let seed = unhex(get("rng_seed")?)?;
+                let progress: LoopProgress = match json("loop_state")? {
+                    Some(v) => serde_json::from_value(v).map_err(|e| anyhow!("loop_state: {e}"))?,
+                    None => LoopProgress::default(),
+                };
                 Some(TrainState {
                     step: step.parse().map_err(|_| anyhow!("unreadable step"))?,
                     m,
                     v,
-                    rng_seed: seed
-                        .try_into()
-                        .map_err(|_| anyhow!("rng_seed is not 32 bytes"))?,
-                    rng_stream: get("rng_stream")?
-                        .parse()
-                        .map_err(|_| anyhow!("unreadable rng_stream"))?,
-                    rng_word_pos: get("rng_word_pos")?
-                        .parse()
-                        .map_err(|_| anyhow!("unreadable rng_word_pos"))?,
-                    args: get("train_args")?.clone(),
+                    rng: RngState {
+                        seed: seed
+                            .try_into()
+                            .map_err(|_| anyhow!("rng_seed is not 32 bytes"))?,
+                        stream: get("rng_stream")?
+                            .parse()
+                            .map_err(|_| anyhow!("unreadable rng_stream"))?,
+                        word_pos: get("rng_word_pos")?
+                            .parse()
+                            .map_err(|_| anyhow!("unreadable rng_word_pos"))?,
+                    },
+                    progress,
                 })
             }
         };
+        ensure!(
+            state.is_none() || pretrain.is_some() || finetune.is_some(),
+            "training state without the run's arguments"
+        );
         let ck = Checkpoint {
             config,
             palette,
-            weights,
-            score,
-            train,
+            params,
+            pretrain,
+            finetune,
+            state,
         };
         let mut crc = Crc::default();
         for (_, m) in ck.named() {

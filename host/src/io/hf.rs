@@ -5,10 +5,9 @@
 //! layout. iGPT has no biases: HF stores them as exact zeros, and a non-zero bias is
 //! refused rather than silently dropped. `score.weight` (a classifier's head) is kept.
 
-use crate::io::checkpoint::{f32_tensor, Checkpoint, Mat};
-use crate::nn::Gpt;
+use crate::io::checkpoint::{f32_tensor, Checkpoint};
+use crate::nn::{BlockTensor, GptParams, Mat, ParamName};
 use anyhow::{anyhow, bail, ensure, Context, Result};
-use dfdx::prelude::Cpu;
 use igpt_core::Config;
 use safetensors::SafeTensors;
 use std::path::Path;
@@ -91,80 +90,76 @@ pub fn import(config: Config, weights: &[u8]) -> Result<Checkpoint> {
     let st =
         SafeTensors::deserialize(weights).map_err(|e| anyhow!("not a safetensors file ({e})"))?;
     let d = config.width;
-    let mat = |rows: usize, cols: usize, data: Vec<f32>| Mat { rows, cols, data };
-    let load = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
-        let (s, v) = f32_tensor(&st, name)?;
-        expect_shape(name, &s, shape)?;
-        Ok(v)
-    };
-    let mut out = Vec::new();
-    out.push(mat(
-        config.embed_rows(),
-        d,
-        load("transformer.wte.weight", &[config.embed_rows(), d])?,
-    ));
-    // Keep the position table the config describes (HF's may be that size exactly).
-    out.push(mat(
-        config.seq_len(),
-        d,
-        load("transformer.wpe.weight", &[config.seq_len(), d])?,
-    ));
-    for l in 0..config.layers {
-        let p = |n: &str| format!("transformer.h.{l}.{n}");
-        for bias in [
-            "attn.c_attn.bias",
-            "attn.c_proj.bias",
-            "mlp.c_fc.bias",
-            "mlp.c_proj.bias",
-        ] {
-            check_zero_bias(&st, &p(bias))?;
-        }
-        out.push(mat(1, d, load(&p("ln_1.weight"), &[d])?));
-        let qkv = load(&p("attn.c_attn.weight"), &[d, 3 * d])?;
-        for part in 0..3 {
-            let cols: Vec<f32> = (0..d)
-                .flat_map(|r| {
-                    qkv[r * 3 * d + part * d..r * 3 * d + (part + 1) * d]
-                        .iter()
-                        .copied()
-                })
-                .collect();
-            out.push(mat(d, d, cols));
-        }
-        out.push(mat(d, d, load(&p("attn.c_proj.weight"), &[d, d])?));
-        out.push(mat(1, d, load(&p("ln_2.weight"), &[d])?));
-        out.push(mat(d, 4 * d, load(&p("mlp.c_fc.weight"), &[d, 4 * d])?));
-        out.push(mat(4 * d, d, load(&p("mlp.c_proj.weight"), &[4 * d, d])?));
-    }
-    out.push(mat(1, d, load("transformer.ln_f.weight", &[d])?));
     let names = st.names();
-    let lm_head = if names.contains(&"lm_head.weight") {
-        load("lm_head.weight", &[config.vocab, d])?
-    } else {
-        // A classifier checkpoint has no next-token head: start it at zero (the paper's
-        // initialisation of the head).
-        vec![0.0; config.vocab * d]
-    };
-    out.push(mat(config.vocab, d, lm_head));
-    let score = if names.contains(&"score.weight") {
-        let (s, v) = f32_tensor(&st, "score.weight")?;
+    let has = |n: &str| names.contains(&n);
+    let classes = if has("score.weight") {
+        let (s, _) = f32_tensor(&st, "score.weight")?;
         ensure!(
-            s.len() == 2 && s[1] == d,
+            s.len() == 2 && s[1] == d && s[0] > 0,
             "score.weight has shape {s:?}, expected [labels, {d}]"
         );
         check_zero_bias(&st, "score.bias")?;
-        Some(mat(s[0], d, v))
+        Some(s[0])
     } else {
         None
     };
-    let shapes = Gpt::<f32, Cpu>::param_shapes(&config);
-    debug_assert_eq!(shapes.len(), out.len());
+    let params = GptParams::try_build(config.layers, classes.is_some(), |name| -> Result<Mat> {
+        let (rows, cols) = name.shape(&config, classes.unwrap_or(0));
+        let data = match name {
+            ParamName::Block(l, t @ (BlockTensor::Q | BlockTensor::K | BlockTensor::V)) => {
+                // HF's fused c_attn [d, 3d]: q, k, v are its column blocks.
+                let qkv_name = format!("transformer.h.{l}.attn.c_attn.weight");
+                let (s, qkv) = f32_tensor(&st, &qkv_name)?;
+                expect_shape(&qkv_name, &s, &[d, 3 * d])?;
+                let part = match t {
+                    BlockTensor::Q => 0,
+                    BlockTensor::K => 1,
+                    _ => 2,
+                };
+                (0..d)
+                    .flat_map(|r| {
+                        qkv[r * 3 * d + part * d..r * 3 * d + (part + 1) * d]
+                            .iter()
+                            .copied()
+                    })
+                    .collect()
+            }
+            ParamName::LmHead if !has("lm_head.weight") => {
+                // A classifier checkpoint has no next-token head: start it at zero (the
+                // paper's initialisation of the head).
+                vec![0.0; rows * cols]
+            }
+            _ => {
+                if let ParamName::Block(l, BlockTensor::Ln1) = name {
+                    for bias in [
+                        "attn.c_attn.bias",
+                        "attn.c_proj.bias",
+                        "mlp.c_fc.bias",
+                        "mlp.c_proj.bias",
+                    ] {
+                        check_zero_bias(&st, &format!("transformer.h.{l}.{bias}"))?;
+                    }
+                }
+                // Every other tensor has our name; gains are 1-D in HF's state dict.
+                let n = name.to_string();
+                let (s, v) = f32_tensor(&st, &n)?;
+                if name.is_gain() {
+                    expect_shape(&n, &s, &[cols])?;
+                } else {
+                    expect_shape(&n, &s, &[rows, cols])?;
+                }
+                v
+            }
+        };
+        Ok(Mat { rows, cols, data })
+    })?;
     Ok(Checkpoint {
         config,
         palette: None,
-        weights: out,
-        score,
-        train: None,
+        params,
+        pretrain: None,
+        finetune: None,
+        state: None,
     })
 }
 

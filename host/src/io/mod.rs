@@ -3,16 +3,36 @@
 //! in place of a good one.
 
 pub mod checkpoint;
+pub mod guard;
 pub mod hf;
+pub mod meta;
 pub mod plot;
+pub mod probe_head;
 
 use anyhow::{Context, Result};
 use std::io::Write;
 use std::path::Path;
 
 /// Writes `bytes` to `path` atomically: a temp file beside it, flushed and synced, then
-/// renamed over `path`.
+/// renamed over `path`. A target that exists and is not a regular file (a character
+/// device such as `/dev/null`, a FIFO, `/dev/stdout`) is written in place instead, so
+/// it is never replaced by a regular file. The temporary name stays within the
+/// file-system's 255-byte limit, and temporaries of the same target left by a killed
+/// process are removed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    if let Ok(md) = std::fs::metadata(path) {
+        anyhow::ensure!(!md.is_dir(), "{}: is a folder, not a file", path.display());
+        if !md.is_file() {
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .with_context(|| format!("{}: cannot write", path.display()))?;
+            return f
+                .write_all(bytes)
+                .and_then(|_| f.flush())
+                .with_context(|| format!("{}: cannot write", path.display()));
+        }
+    }
     let dir = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -20,11 +40,9 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let name = path
         .file_name()
         .with_context(|| format!("{}: not a file path", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
+    let prefix = temp_prefix(&name.to_string_lossy());
+    remove_stale_temporaries(dir, &prefix);
+    let tmp = dir.join(format!("{prefix}{}.tmp", std::process::id()));
     let result = (|| -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -36,6 +54,42 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         return Err(e).with_context(|| format!("{}: cannot write", path.display()));
     }
     Ok(())
+}
+
+/// The start of a target's temporary names (`.{name}.`, then the pid and `.tmp`): a
+/// long name is replaced by its CRC so that the whole stays under 255 bytes.
+fn temp_prefix(name: &str) -> String {
+    if name.len() + 32 <= 255 {
+        format!(".{name}.")
+    } else {
+        format!(".igpt-{:08x}.", igpt_core::crc32(name.as_bytes()))
+    }
+}
+
+/// Removes `{prefix}{pid}.tmp` files in `dir` whose process is gone (Linux: no
+/// `/proc/{pid}`); elsewhere, nothing.
+fn remove_stale_temporaries(dir: &Path, prefix: &str) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file = e.file_name();
+        let Some(rest) = file.to_str().and_then(|f| f.strip_prefix(prefix)) else {
+            continue;
+        };
+        let Some(pid) = rest
+            .strip_suffix(".tmp")
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Encodes an 8-bit image (1 channel grey or 3 channels RGB, row-major, interleaved) as
@@ -70,6 +124,24 @@ pub fn write_png(
 /// Reads a whole file, naming it in the error.
 pub fn read(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))
+}
+
+/// Reads a whole file of at most `max` bytes; a longer one (or an endless stream such as
+/// `/dev/zero`) is an error naming the file, read no further than `max + 1` bytes.
+pub fn read_limited(path: &Path, max: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let f =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut out = Vec::new();
+    f.take(max.saturating_add(1))
+        .read_to_end(&mut out)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    anyhow::ensure!(
+        out.len() as u64 <= max,
+        "{}: larger than {max} bytes, too large for this kind of file",
+        path.display()
+    );
+    Ok(out)
 }
 
 /// Makes glibc's allocator keep freed memory for reuse instead of returning large blocks
@@ -116,4 +188,26 @@ pub fn write_image_grid(path: &Path, rows: &[Vec<Vec<u8>>], side: usize) -> Resu
         }
     }
     write_png(path, w, h, 3, &img)
+}
+
+/// Lays decoded images in one row, each enlarged by pixel repetition to about 128 pixels.
+pub fn write_image_row(path: &Path, images: &[(usize, usize, Vec<u8>)]) -> Result<()> {
+    anyhow::ensure!(!images.is_empty(), "{}: nothing to draw", path.display());
+    let (w, h) = (images[0].0, images[0].1);
+    let scale = (128 / w.max(h)).max(1);
+    let gap = 4;
+    let (cw, ch) = (w * scale, h * scale);
+    let total_w = images.len() * cw + (images.len() - 1) * gap;
+    let mut out = vec![255u8; total_w * ch * 3];
+    for (i, (_, _, rgb)) in images.iter().enumerate() {
+        let x0 = i * (cw + gap);
+        for y in 0..ch {
+            for x in 0..cw {
+                let s = ((y / scale) * w + x / scale) * 3;
+                let d = (y * total_w + x0 + x) * 3;
+                out[d..d + 3].copy_from_slice(&rgb[s..s + 3]);
+            }
+        }
+    }
+    write_png(path, total_w, ch, 3, &out)
 }

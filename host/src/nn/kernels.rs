@@ -299,7 +299,7 @@ pub fn rmsnorm_fwd(x: &[f32], g: &[f32], y: &mut [f32], r: &mut [f32]) {
                 .zip(r.iter_mut())
             {
                 let ms = x.iter().map(|v| v * v).sum::<f32>() / c as f32;
-                *r = 1.0 / (ms + NORM_EPS as f32).sqrt();
+                *r = 1.0 / (ms + NORM_EPS).sqrt();
                 for ((y, x), g) in y.iter_mut().zip(x).zip(g) {
                     *y = x * *r * g;
                 }
@@ -378,14 +378,14 @@ pub fn rmsnorm<T: Tape<f32, Cpu>>(x: Act<f32, Cpu, T>, g: &Param<f32, Cpu>) -> A
 #[multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl", "x86_64+avx2+fma"))]
 fn quick_gelu_chunk(x: &[f32], y: &mut [f32]) {
     for (y, &x) in y.iter_mut().zip(x) {
-        let s = 1.0 / (1.0 + fast_exp(-(QUICK_GELU as f32) * x));
+        let s = 1.0 / (1.0 + fast_exp(-(QUICK_GELU) * x));
         *y = x * s;
     }
 }
 
 #[multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl", "x86_64+avx2+fma"))]
 fn quick_gelu_bwd_chunk(x: &[f32], dy: &[f32], dx: &mut [f32]) {
-    let a = QUICK_GELU as f32;
+    let a = QUICK_GELU;
     for ((dx, &x), &d) in dx.iter_mut().zip(x).zip(dy) {
         let s = 1.0 / (1.0 + fast_exp(-a * x));
         *dx += d * (s + a * x * s * (1.0 - s));

@@ -17,17 +17,16 @@
 //! Shapes: B batch, T positions, C = d width, H heads, K = C / H head width, V = k
 //! palette colours (the head's outputs), V+1 embedding rows (row V is SOS).
 
-use crate::train::AdamW;
+use super::params::{GptParams, Init};
 use dfdx::prelude::*;
 use igpt_core::Config;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
-/// RMS norm epsilon, inside the square root.
-pub const NORM_EPS: f64 = 1e-5;
-/// quick_gelu's sigmoid slope.
-pub const QUICK_GELU: f64 = 1.702;
+/// RMS norm epsilon (inside the square root) and quick_gelu's sigmoid slope: igpt-core's
+/// constants, the one definition for every numeric regime.
+pub use igpt_core::model::{NORM_EPS, QUICK_GELU};
 /// Added to masked attention scores (exp of it is exactly 0 in f32 and f64).
 const MASKED: f64 = -1e9;
 
@@ -48,50 +47,22 @@ pub fn cst<E: Float>(v: f64) -> E {
     <E as num_traits::NumCast>::from(v).unwrap_or_else(E::nan)
 }
 
-/// One transformer block's parameters. Projections are stored `[in, out]` (`y = x·W`),
-/// like HF's Conv1D layers.
-#[derive(Clone, Debug)]
-pub struct Block<E: Dtype, D: Storage<E>> {
-    /// `(1, C)` gain of the pre-attention norm.
-    pub ln_1: Param<E, D>,
-    /// `(C, C)` query projection (HF `c_attn` columns `0..C`).
-    pub q: Param<E, D>,
-    /// `(C, C)` key projection (HF `c_attn` columns `C..2C`).
-    pub k: Param<E, D>,
-    /// `(C, C)` value projection (HF `c_attn` columns `2C..3C`).
-    pub v: Param<E, D>,
-    /// `(C, C)` attention output projection.
-    pub c_proj: Param<E, D>,
-    /// `(1, C)` gain of the pre-MLP norm.
-    pub ln_2: Param<E, D>,
-    /// `(C, 4C)` MLP up-projection.
-    pub c_fc: Param<E, D>,
-    /// `(4C, C)` MLP down-projection.
-    pub mlp_proj: Param<E, D>,
-}
-
-/// The whole model.
+/// The whole model: its shape and its parameters as dfdx tensors.
 #[derive(Clone, Debug)]
 pub struct Gpt<E: Dtype, D: Storage<E>> {
     /// Its shape.
     pub config: Config,
-    /// `(V + 1, C)` token embedding; row V is SOS.
-    pub wte: Param<E, D>,
-    /// `(N, C)` position embedding, N = side².
-    pub wpe: Param<E, D>,
-    /// The blocks.
-    pub h: Vec<Block<E, D>>,
-    /// `(1, C)` gain of the final norm.
-    pub ln_f: Param<E, D>,
-    /// `(V, C)` next-token head, stored `[out, in]` like HF's `lm_head` (`y = z·Wᵀ`).
-    pub lm_head: Param<E, D>,
+    /// Every tensor (see [`GptParams`] for shapes and layouts).
+    pub params: GptParams<Param<E, D>>,
     /// Use the device's fused kernels where it has them (CPU f32); false runs the plain
     /// dfdx compositions (the reference twins). True by default.
     pub fused: bool,
 }
 
 /// Whether positions see only the past (AR, next-pixel prediction) or everything (BERT).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
 pub enum Objective {
     /// Autoregressive: causal mask, loss on every position.
     Ar,
@@ -119,155 +90,82 @@ pub struct Capture {
     pub probe: bool,
 }
 
-impl<E: Dtype, D: Storage<E>> Gpt<E, D> {
-    /// Every parameter with its name, in a fixed order (the state-dict order).
-    pub fn params(&self) -> Vec<(String, &Param<E, D>)> {
-        let mut out = vec![
-            ("transformer.wte.weight".to_string(), &self.wte),
-            ("transformer.wpe.weight".to_string(), &self.wpe),
-        ];
-        for (l, b) in self.h.iter().enumerate() {
-            let p = |n: &str| format!("transformer.h.{l}.{n}");
-            out.push((p("ln_1.weight"), &b.ln_1));
-            out.push((p("attn.q.weight"), &b.q));
-            out.push((p("attn.k.weight"), &b.k));
-            out.push((p("attn.v.weight"), &b.v));
-            out.push((p("attn.c_proj.weight"), &b.c_proj));
-            out.push((p("ln_2.weight"), &b.ln_2));
-            out.push((p("mlp.c_fc.weight"), &b.c_fc));
-            out.push((p("mlp.c_proj.weight"), &b.mlp_proj));
-        }
-        out.push(("transformer.ln_f.weight".to_string(), &self.ln_f));
-        out.push(("lm_head.weight".to_string(), &self.lm_head));
-        out
-    }
-
-    /// Mutable references to the parameters, in the order of [`Gpt::params`].
-    pub fn params_mut(&mut self) -> Vec<&mut Param<E, D>> {
-        let mut out = vec![&mut self.wte, &mut self.wpe];
-        for b in self.h.iter_mut() {
-            out.extend([
-                &mut b.ln_1,
-                &mut b.q,
-                &mut b.k,
-                &mut b.v,
-                &mut b.c_proj,
-                &mut b.ln_2,
-                &mut b.c_fc,
-                &mut b.mlp_proj,
-            ]);
-        }
-        out.push(&mut self.ln_f);
-        out.push(&mut self.lm_head);
-        out
-    }
-
-    /// The expected `(rows, cols)` of each parameter of a config, in [`Gpt::params`] order.
-    pub fn param_shapes(c: &Config) -> Vec<(String, (usize, usize))> {
-        let d = c.width;
-        let mut out = vec![
-            ("transformer.wte.weight".to_string(), (c.embed_rows(), d)),
-            ("transformer.wpe.weight".to_string(), (c.seq_len(), d)),
-        ];
-        for l in 0..c.layers {
-            let p = |n: &str| format!("transformer.h.{l}.{n}");
-            out.push((p("ln_1.weight"), (1, d)));
-            out.push((p("attn.q.weight"), (d, d)));
-            out.push((p("attn.k.weight"), (d, d)));
-            out.push((p("attn.v.weight"), (d, d)));
-            out.push((p("attn.c_proj.weight"), (d, d)));
-            out.push((p("ln_2.weight"), (1, d)));
-            out.push((p("mlp.c_fc.weight"), (d, 4 * d)));
-            out.push((p("mlp.c_proj.weight"), (4 * d, d)));
-        }
-        out.push(("transformer.ln_f.weight".to_string(), (1, d)));
-        out.push(("lm_head.weight".to_string(), (c.vocab, d)));
-        out
-    }
-
-    /// True for the parameters that weight decay applies to: the block projections and
-    /// the head (not norm gains, not embeddings).
-    pub fn decays(name: &str) -> bool {
-        !(name.contains("ln_") || name.contains("wte") || name.contains("wpe"))
-    }
-}
-
 impl<E: Float, D: Device<E>> Gpt<E, D> {
-    /// Builds a model from `(name, rows, cols, values)` in [`Gpt::params`] order.
-    pub fn from_values(dev: &D, config: Config, mut values: Vec<Vec<E>>) -> Gpt<E, D> {
-        let shapes = Self::param_shapes(&config);
-        assert_eq!(values.len(), shapes.len(), "parameter count");
-        let mut tensors: Vec<Param<E, D>> = shapes
-            .iter()
-            .zip(values.drain(..))
-            .map(|((_, s), v)| {
-                assert_eq!(v.len(), s.0 * s.1);
-                dev.tensor_from_vec(v, *s)
-            })
-            .collect::<Vec<_>>();
-        let mut it = tensors.drain(..);
-        let mut next = || it.next().expect("shape list matches");
-        let wte = next();
-        let wpe = next();
-        let h = (0..config.layers)
-            .map(|_| Block {
-                ln_1: next(),
-                q: next(),
-                k: next(),
-                v: next(),
-                c_proj: next(),
-                ln_2: next(),
-                c_fc: next(),
-                mlp_proj: next(),
-            })
-            .collect();
-        let ln_f = next();
-        let lm_head = next();
+    /// A model of `config` with these parameters; their shapes are checked.
+    pub fn new(config: Config, params: GptParams<Param<E, D>>) -> Result<Gpt<E, D>, String> {
+        if params.blocks.len() != config.layers {
+            return Err(format!(
+                "{} blocks for a config of {} layers",
+                params.blocks.len(),
+                config.layers
+            ));
+        }
+        let classes = params.score.as_ref().map_or(0, |s| s.shape().0);
+        for (name, p) in params.iter() {
+            let want = name.shape(&config, classes);
+            if *p.shape() != want {
+                return Err(format!(
+                    "{name} has shape {:?}, expected {want:?}",
+                    p.shape()
+                ));
+            }
+        }
+        Ok(Gpt {
+            config,
+            params,
+            fused: true,
+        })
+    }
+
+    /// A model from values in each parameter's layout (row-major `(rows, cols)`).
+    pub fn from_values(
+        dev: &D,
+        config: Config,
+        values: &GptParams<Vec<E>>,
+    ) -> Result<Gpt<E, D>, String> {
+        let classes = values
+            .score
+            .as_ref()
+            .map_or(0, |s| s.len() / config.width.max(1));
+        let params = values.try_map(|name, v| {
+            let (r, c) = name.shape(&config, classes);
+            if v.len() != r * c {
+                return Err(format!("{name} has {} values, expected {r} x {c}", v.len()));
+            }
+            Ok(dev.tensor_from_vec(v.clone(), (r, c)))
+        })?;
+        Gpt::new(config, params)
+    }
+
+    /// A freshly initialised model, as the paper's code ([`ParamName::init`]): the same
+    /// seed gives the same weights on any device. With `classes`, a zero class head too.
+    pub fn init(dev: &D, config: Config, classes: Option<usize>, seed: u64) -> Gpt<E, D> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let params = GptParams::build(config.layers, classes.is_some(), |name| {
+            let (r, c) = name.shape(&config, classes.unwrap_or(0));
+            let values = match name.init(&config) {
+                Init::Const(v) => vec![cst::<E>(v); r * c],
+                Init::Normal(std) => {
+                    // Every std of ParamName::init is finite and positive.
+                    let normal = Normal::new(0.0, std)
+                        .unwrap_or_else(|_| Normal::new(0.0, 1.0).expect("N(0, 1)"));
+                    (0..r * c)
+                        .map(|_| cst::<E>(normal.sample(&mut rng)))
+                        .collect()
+                }
+            };
+            dev.tensor_from_vec(values, (r, c))
+        });
         Gpt {
             config,
-            wte,
-            wpe,
-            h,
-            ln_f,
-            lm_head,
+            params,
             fused: true,
         }
     }
 
-    /// A freshly initialised model, as the paper's code: q/k/v N(0, 1/d), attention
-    /// output N(0, 1/(d·L)), MLP N(0, 0.02²), positions N(0, 0.01²), tokens N(0, 0.02²),
-    /// head zero, gains one. The same seed gives the same weights on any device.
-    pub fn init(dev: &D, config: Config, seed: u64) -> Gpt<E, D> {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let d = config.width as f64;
-        let values = Self::param_shapes(&config)
-            .into_iter()
-            .map(|(name, (r, c))| {
-                let std = if name.contains("ln_") {
-                    return vec![cst::<E>(1.0); r * c];
-                } else if name == "lm_head.weight" {
-                    return vec![cst::<E>(0.0); r * c];
-                } else if name.contains("attn.q")
-                    || name.contains("attn.k")
-                    || name.contains("attn.v")
-                {
-                    1.0 / d.sqrt()
-                } else if name.contains("attn.c_proj") {
-                    1.0 / (d * config.layers as f64).sqrt()
-                } else if name.contains("mlp.") {
-                    0.02
-                } else if name.contains("wpe") {
-                    0.01
-                } else {
-                    0.02
-                };
-                let normal = Normal::new(0.0, std).expect("finite std");
-                (0..r * c)
-                    .map(|_| cst::<E>(normal.sample(&mut rng)))
-                    .collect()
-            })
-            .collect();
-        Self::from_values(dev, config, values)
+    /// The parameters' values, row-major, in their layouts.
+    pub fn values(&self) -> GptParams<Vec<E>> {
+        self.params.map(|_, p| p.as_vec())
     }
 }
 
@@ -289,7 +187,8 @@ impl<E: Float, D: Kernels<E>> Gpt<E, D> {
         capture: Capture,
         captures: &mut Captures<E, D>,
     ) -> Act<E, D, T> {
-        let dev = self.wte.device().clone();
+        let dev = self.params.wte.device().clone();
+        let p = &self.params;
         let c = &self.config;
         let (b, t, d) = (batch, ids.len() / batch.max(1), c.width);
         assert_eq!(b * t, ids.len(), "ids are not B x T");
@@ -299,19 +198,19 @@ impl<E: Float, D: Kernels<E>> Gpt<E, D> {
 
         // h = wte[ids] + wpe[0..T]                                         (B, T, C)
         let idx: Tensor<(usize, usize), usize, D> = dev.tensor_from_vec(ids.to_vec(), (b, t));
-        let mut x: Act<E, D, T> = self.wte.retaped::<T>().gather(idx);
+        let mut x: Act<E, D, T> = p.wte.retaped::<T>().gather(idx);
         if let Some(keep) = keep {
             let m: Tensor<(usize, usize), E, D> = dev.tensor_from_vec(keep.to_vec(), (b, t));
             x = x * m.broadcast_like::<_, Axis<2>>(&shape);
         }
-        let pos = if t == self.wpe.shape().0 {
-            self.wpe.clone()
+        let pos = if t == p.wpe.shape().0 {
+            p.wpe.clone()
         } else {
-            self.wpe.clone().slice((0..t, ..))
+            p.wpe.clone().slice((0..t, ..))
         };
         x = x + pos.broadcast_like::<_, Axis<0>>(&shape);
 
-        for blk in &self.h {
+        for blk in &p.blocks {
             if capture.hidden {
                 captures.hidden.push(x.retaped::<NoneTape>());
             }
@@ -330,7 +229,7 @@ impl<E: Float, D: Kernels<E>> Gpt<E, D> {
             let m = D::rmsnorm(x, &blk.ln_2, f);
             x = residual + D::mlp(m, &blk.c_fc, &blk.mlp_proj, f);
         }
-        let z = D::rmsnorm(x, &self.ln_f, f);
+        let z = D::rmsnorm(x, &p.ln_f, f);
         if capture.hidden {
             captures.hidden.push(z.retaped::<NoneTape>());
         }
@@ -344,7 +243,7 @@ impl<E: Float, D: Kernels<E>> Gpt<E, D> {
 
     /// Next-token logits `(B, T, V)` from the final hidden state: `z · lm_headᵀ`.
     pub fn logits<T: Tape<E, D>>(&self, z: Act<E, D, T>) -> Act<E, D, T> {
-        D::linear(z, &self.lm_head, true, self.fused)
+        D::linear(z, &self.params.lm_head, true, self.fused)
     }
 }
 
@@ -354,7 +253,7 @@ pub fn rmsnorm<E: Float, D: Device<E>, T: Tape<E, D>>(
     g: &Param<E, D>,
 ) -> Act<E, D, T> {
     let shape = *x.shape();
-    let inv = (x.retaped::<T>().square().mean::<_, Axis<2>>() + cst::<E>(NORM_EPS))
+    let inv = (x.retaped::<T>().square().mean::<_, Axis<2>>() + cst::<E>(f64::from(NORM_EPS)))
         .sqrt()
         .recip();
     let gain = g.clone().reshape_like(&(shape.2,));
@@ -363,7 +262,7 @@ pub fn rmsnorm<E: Float, D: Device<E>, T: Tape<E, D>>(
 
 /// `x · σ(1.702·x)`.
 pub fn quick_gelu<E: Float, D: Device<E>, T: Tape<E, D>>(x: Act<E, D, T>) -> Act<E, D, T> {
-    let s = (x.retaped::<T>() * cst::<E>(QUICK_GELU)).sigmoid();
+    let s = (x.retaped::<T>() * cst::<E>(f64::from(QUICK_GELU))).sigmoid();
     x * s
 }
 
@@ -454,15 +353,76 @@ pub trait Kernels<E: Float>: Device<E> {
         let _ = fused;
         cross_entropy(linear(z, head, true), target, weight)
     }
-    /// One AdamW step (see [`crate::train::AdamW::update`]).
-    fn adamw(
-        opt: &mut AdamW<E, Self>,
-        gpt: &mut Gpt<E, Self>,
-        grads: &mut Gradients<E, Self>,
-        lr: f64,
-    ) -> f64 {
-        opt.update_reference(gpt, grads, lr)
+    /// `Σ g²` over the gradient of `p` (for the global-norm clip).
+    fn grad_sq_sum(p: &Param<E, Self>, grads: &mut Gradients<E, Self>, fused: bool) -> f64 {
+        let _ = fused;
+        value(grads.get(p).square().sum::<(), _>())
     }
+    /// One AdamW update of `p` and its moments `m`, `v` from its gradient (the numbers
+    /// in `s`); the reference twin in dfdx tensor ops, on any device.
+    fn adamw(
+        p: &mut Param<E, Self>,
+        m: &mut Param<E, Self>,
+        v: &mut Param<E, Self>,
+        grads: &mut Gradients<E, Self>,
+        s: AdamStep,
+        fused: bool,
+    ) {
+        let _ = fused;
+        adamw_reference(p, m, v, grads, s)
+    }
+}
+
+/// The numbers of one AdamW update of one tensor: `m = β1·m + (1-β1)·g'`,
+/// `v = β2·v + (1-β2)·g'²` with `g' = scale·g`, then
+/// `p = p·(1 - lr·weight_decay) - lr·(m/bc1) / (sqrt(v/bc2) + eps)`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamStep {
+    /// β1.
+    pub beta1: f64,
+    /// β2.
+    pub beta2: f64,
+    /// ε.
+    pub eps: f64,
+    /// Learning rate of this tensor.
+    pub lr: f64,
+    /// Decoupled weight decay of this tensor (0 where it does not apply).
+    pub weight_decay: f64,
+    /// Bias corrections `1 - β1^t`, `1 - β2^t`.
+    pub bias_correction: (f64, f64),
+    /// Gradient scale of the global-norm clip.
+    pub scale: f64,
+}
+
+/// The value of a 0-d tensor as f64.
+pub fn value<E: Float, D: Device<E>, T>(t: Tensor<(), E, D, T>) -> f64 {
+    t.as_vec()
+        .first()
+        .and_then(|x| x.to_f64())
+        .unwrap_or(f64::NAN)
+}
+
+/// AdamW on one tensor in dfdx ops: the reference twin of the fused CPU update.
+pub fn adamw_reference<E: Float, D: Device<E>>(
+    p: &mut Param<E, D>,
+    m: &mut Param<E, D>,
+    v: &mut Param<E, D>,
+    grads: &Gradients<E, D>,
+    s: AdamStep,
+) {
+    let g = grads.get(p) * cst::<E>(s.scale);
+    let m_new = m.clone() * cst::<E>(s.beta1) + g.clone() * cst::<E>(1.0 - s.beta1);
+    let v_new = v.clone() * cst::<E>(s.beta2) + g.square() * cst::<E>(1.0 - s.beta2);
+    let (bc1, bc2) = s.bias_correction;
+    let step = (m_new.clone() * cst::<E>(1.0 / bc1))
+        / ((v_new.clone() * cst::<E>(1.0 / bc2)).sqrt() + cst::<E>(s.eps));
+    let mut new = p.clone();
+    if s.weight_decay > 0.0 {
+        new = new * cst::<E>(1.0 - s.lr * s.weight_decay);
+    }
+    *p = new - step * cst::<E>(s.lr);
+    *m = m_new;
+    *v = v_new;
 }
 
 /// The reference weighted cross-entropy: log_softmax, select the targets, weigh, sum.
@@ -590,52 +550,50 @@ impl Kernels<f32> for Cpu {
             cross_entropy(linear(z, head, true), target, weight)
         }
     }
+    fn grad_sq_sum(p: &Param<f32, Self>, grads: &mut Gradients<f32, Self>, fused: bool) -> f64 {
+        if !fused {
+            return value(grads.get(p).square().sum::<(), _>());
+        }
+        // Straight from the gradient buffer.
+        match grads.get_or_alloc_mut(p) {
+            Ok(g) => g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>(),
+            Err(_) => f64::NAN,
+        }
+    }
     fn adamw(
-        opt: &mut AdamW<f32, Self>,
-        gpt: &mut Gpt<f32, Self>,
+        p: &mut Param<f32, Self>,
+        m: &mut Param<f32, Self>,
+        v: &mut Param<f32, Self>,
         grads: &mut Gradients<f32, Self>,
-        lr: f64,
-    ) -> f64 {
-        if !gpt.fused {
-            return opt.update_reference(gpt, grads, lr);
+        s: AdamStep,
+        fused: bool,
+    ) {
+        if !fused {
+            return adamw_reference(p, m, v, grads, s);
         }
-        // Global norm straight from the gradient buffers.
-        let mut sq = 0f64;
-        for (_, p) in gpt.params() {
-            let g = grads.get_or_alloc_mut(p).expect("gradient buffer");
-            sq += g.iter().map(|&x| (x as f64) * (x as f64)).sum::<f64>();
-        }
-        let norm = sq.sqrt();
-        let scale = opt.clip_scale(norm) as f32;
-        let (bc1, bc2) = opt.bias_corrections();
-        opt.step += 1;
-        let c = opt.cfg;
-        let names: Vec<String> = gpt.params().into_iter().map(|(n, _)| n).collect();
-        for (i, p) in gpt.params_mut().into_iter().enumerate() {
-            let wd = if Gpt::<f32, Cpu>::decays(&names[i]) {
-                c.weight_decay
-            } else {
-                0.0
-            };
-            let g = grads.get_or_alloc_mut(&*p).expect("gradient buffer");
-            let (mut pv, mut mv, mut vv) = (
-                crate::nn::kernels::read(&*p),
-                crate::nn::kernels::read(&opt.m[i]),
-                crate::nn::kernels::read(&opt.v[i]),
-            );
-            crate::nn::kernels::adamw_step(
-                &mut pv,
-                g,
-                &mut mv,
-                &mut vv,
-                (c.beta1 as f32, c.beta2 as f32, c.eps as f32),
-                (lr as f32, wd as f32),
-                (bc1 as f32, bc2 as f32, scale),
-            );
-            p.copy_from(&pv);
-            opt.m[i].copy_from(&mv);
-            opt.v[i].copy_from(&vv);
-        }
-        norm
+        let (mut pv, mut mv, mut vv) = (
+            crate::nn::kernels::read(&*p),
+            crate::nn::kernels::read(&*m),
+            crate::nn::kernels::read(&*v),
+        );
+        let Ok(g) = grads.get_or_alloc_mut(&*p) else {
+            return;
+        };
+        crate::nn::kernels::adamw_step(
+            &mut pv,
+            g,
+            &mut mv,
+            &mut vv,
+            (s.beta1 as f32, s.beta2 as f32, s.eps as f32),
+            (s.lr as f32, s.weight_decay as f32),
+            (
+                s.bias_correction.0 as f32,
+                s.bias_correction.1 as f32,
+                s.scale as f32,
+            ),
+        );
+        p.copy_from(&pv);
+        m.copy_from(&mv);
+        v.copy_from(&vv);
     }
 }

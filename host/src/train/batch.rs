@@ -1,11 +1,9 @@
-//! Training pieces: batches for the AR and BERT objectives, the loss, a hand-written
-//! AdamW with decoupled weight decay and global-norm clipping, the learning-rate
-//! schedule, and evaluation in bits per dimension.
+//! Batches for the AR and BERT objectives, the loss, and evaluation in bits per
+//! dimension.
 //!
 //! Everything here runs through dfdx tensor ops, so it works on any dfdx device.
 
-use crate::io::checkpoint::Mat;
-use crate::nn::{cst, Capture, Captures, Float, Gpt, Kernels, Objective, Param};
+use crate::nn::{cst, Capture, Captures, Float, Gpt, Kernels, Objective};
 use dfdx::prelude::*;
 use rand::Rng;
 
@@ -43,19 +41,12 @@ pub fn make_batch<R: Rng>(
 ) -> Batch {
     let b = images.len();
     let t = images.first().map_or(0, |x| x.len());
-    let mut input = Vec::with_capacity(b * t);
     let mut target = Vec::with_capacity(b * t);
     for img in images {
         assert_eq!(img.len(), t, "images of one length");
         target.extend(img.iter().map(|&x| x as usize));
-        match objective {
-            Objective::Ar => {
-                input.push(sos);
-                input.extend(img[..t.saturating_sub(1)].iter().map(|&x| x as usize));
-            }
-            Objective::Bert => input.extend(img.iter().map(|&x| x as usize)),
-        }
     }
+    let input = crate::data::tokenize::model_ids(images, sos, objective == Objective::Ar);
     match objective {
         Objective::Ar => Batch {
             b,
@@ -109,183 +100,21 @@ pub fn loss<E: Float, D: Kernels<E>, T: Tape<E, D>>(
         Capture::default(),
         &mut Captures::default(),
     );
-    D::head_loss(z, &gpt.lm_head, &batch.target, &batch.weight, gpt.fused)
+    D::head_loss(
+        z,
+        &gpt.params.lm_head,
+        &batch.target,
+        &batch.weight,
+        gpt.fused,
+    )
 }
 
 /// The value of a 0-d tensor as f64.
-pub fn scalar<E: Float, D: Device<E>, T>(t: Tensor<(), E, D, T>) -> f64 {
-    t.as_vec()
-        .first()
-        .and_then(|x| x.to_f64())
-        .unwrap_or(f64::NAN)
-}
+pub use crate::nn::value as scalar;
 
 /// Nats to bits.
 pub fn bits(nats: f64) -> f64 {
     nats / std::f64::consts::LN_2
-}
-
-/// AdamW settings.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct AdamConfig {
-    /// β1.
-    pub beta1: f64,
-    /// β2.
-    pub beta2: f64,
-    /// ε.
-    pub eps: f64,
-    /// Decoupled weight decay (applied to block projections and the head only).
-    pub weight_decay: f64,
-    /// Clip the global gradient norm to this (0: no clipping).
-    pub clip: f64,
-}
-
-impl Default for AdamConfig {
-    fn default() -> Self {
-        // The paper's: β (0.9, 0.95), no weight decay.
-        AdamConfig {
-            beta1: 0.9,
-            beta2: 0.95,
-            eps: 1e-8,
-            weight_decay: 0.0,
-            clip: 1.0,
-        }
-    }
-}
-
-/// AdamW's moments, one pair per parameter in [`Gpt::params`] order.
-pub struct AdamW<E: Dtype, D: Storage<E>> {
-    /// Settings.
-    pub cfg: AdamConfig,
-    /// First moments.
-    pub m: Vec<Param<E, D>>,
-    /// Second moments.
-    pub v: Vec<Param<E, D>>,
-    /// Steps taken.
-    pub step: u64,
-}
-
-impl<E: Float, D: Device<E>> AdamW<E, D> {
-    /// Zero moments for `gpt`.
-    pub fn new(gpt: &Gpt<E, D>, cfg: AdamConfig) -> Self {
-        let dev = gpt.wte.device().clone();
-        let zeros = |p: &Param<E, D>| dev.zeros_like(p.shape());
-        let params = gpt.params();
-        AdamW {
-            cfg,
-            m: params.iter().map(|(_, p)| zeros(p)).collect(),
-            v: params.iter().map(|(_, p)| zeros(p)).collect(),
-            step: 0,
-        }
-    }
-
-    /// Moments from a checkpoint.
-    pub fn from_mats(dev: &D, cfg: AdamConfig, m: &[Mat], v: &[Mat], step: u64) -> Self {
-        let t = |x: &Mat| {
-            dev.tensor_from_vec(
-                x.data.iter().map(|&f| cst::<E>(f as f64)).collect(),
-                (x.rows, x.cols),
-            )
-        };
-        AdamW {
-            cfg,
-            m: m.iter().map(t).collect(),
-            v: v.iter().map(t).collect(),
-            step,
-        }
-    }
-
-    /// The moments as checkpoint tensors.
-    pub fn to_mats(&self) -> (Vec<Mat>, Vec<Mat>) {
-        let f = |x: &Param<E, D>| Mat {
-            rows: x.shape().0,
-            cols: x.shape().1,
-            data: x
-                .as_vec()
-                .into_iter()
-                .map(|e| e.to_f32().unwrap_or(f32::NAN))
-                .collect(),
-        };
-        (
-            self.m.iter().map(f).collect(),
-            self.v.iter().map(f).collect(),
-        )
-    }
-
-    /// One AdamW step at learning rate `lr` with the gradients of `gpt`'s parameters:
-    /// the device's fused update when `gpt.fused` (CPU f32), else [`AdamW::update_reference`].
-    /// Returns the global gradient norm before clipping.
-    pub fn update(&mut self, gpt: &mut Gpt<E, D>, grads: &mut Gradients<E, D>, lr: f64) -> f64
-    where
-        D: Kernels<E>,
-    {
-        D::adamw(self, gpt, grads, lr)
-    }
-
-    /// The bias-correction factors `1 - β^t` for the step about to be taken.
-    pub fn bias_corrections(&self) -> (f64, f64) {
-        let t = (self.step + 1) as i32;
-        (1.0 - self.cfg.beta1.powi(t), 1.0 - self.cfg.beta2.powi(t))
-    }
-
-    /// The gradient scale that clips a global norm `norm` to `cfg.clip`.
-    pub fn clip_scale(&self, norm: f64) -> f64 {
-        if self.cfg.clip > 0.0 && norm > self.cfg.clip {
-            self.cfg.clip / norm
-        } else {
-            1.0
-        }
-    }
-
-    /// AdamW in dfdx tensor ops (any device): the reference twin of the fused update.
-    pub fn update_reference(
-        &mut self,
-        gpt: &mut Gpt<E, D>,
-        grads: &Gradients<E, D>,
-        lr: f64,
-    ) -> f64 {
-        let names: Vec<String> = gpt.params().into_iter().map(|(n, _)| n).collect();
-        let g: Vec<Param<E, D>> = gpt
-            .params()
-            .into_iter()
-            .map(|(_, p)| grads.get(p))
-            .collect();
-        let norm = g
-            .iter()
-            .map(|x| scalar(x.clone().square().sum::<(), _>()))
-            .sum::<f64>()
-            .sqrt();
-        let scale = self.clip_scale(norm);
-        let (bc1, bc2) = self.bias_corrections();
-        self.step += 1;
-        let c = self.cfg;
-        for (i, p) in gpt.params_mut().into_iter().enumerate() {
-            let g = g[i].clone() * cst::<E>(scale);
-            let m = self.m[i].clone() * cst::<E>(c.beta1) + g.clone() * cst::<E>(1.0 - c.beta1);
-            let v = self.v[i].clone() * cst::<E>(c.beta2) + g.square() * cst::<E>(1.0 - c.beta2);
-            let step = (m.clone() * cst::<E>(1.0 / bc1))
-                / ((v.clone() * cst::<E>(1.0 / bc2)).sqrt() + cst::<E>(c.eps));
-            let mut new = p.clone();
-            if c.weight_decay > 0.0 && Gpt::<E, D>::decays(&names[i]) {
-                new = new * cst::<E>(1.0 - lr * c.weight_decay);
-            }
-            *p = new - step * cst::<E>(lr);
-            self.m[i] = m;
-            self.v[i] = v;
-        }
-        norm
-    }
-}
-
-/// Linear warmup from 0 over `warmup` steps, then cosine decay to 0 at `total`.
-/// `step` counts from 0 (the learning rate of the step about to be taken).
-pub fn lr_at(step: u64, base: f64, warmup: u64, total: u64) -> f64 {
-    if step < warmup {
-        return base * (step + 1) as f64 / warmup as f64;
-    }
-    let span = total.saturating_sub(warmup).max(1) as f64;
-    let p = ((step - warmup) as f64 / span).min(1.0);
-    base * 0.5 * (1.0 + (std::f64::consts::PI * p).cos())
 }
 
 /// Mean loss in nats per position over `images`, in batches of `batch`, without
@@ -350,18 +179,5 @@ mod tests {
         // A one-pixel image still gets one masked position.
         let batch = make_batch(&[&[1u16][..]], 16, Objective::Bert, &mut rng);
         assert_eq!(batch.keep, Some(vec![0.0]));
-    }
-
-    #[test]
-    fn schedule() {
-        assert_eq!(lr_at(0, 1.0, 10, 100), 0.1);
-        assert_eq!(lr_at(9, 1.0, 10, 100), 1.0);
-        assert!((lr_at(10, 1.0, 10, 100) - 1.0).abs() < 1e-12);
-        assert!((lr_at(55, 1.0, 10, 100) - 0.5).abs() < 1e-12);
-        assert!(lr_at(100, 1.0, 10, 100).abs() < 1e-12);
-        assert_eq!(
-            lr_at(5, 1.0, 0, 10),
-            0.5 * (1.0 + (std::f64::consts::PI * 0.5).cos())
-        );
     }
 }

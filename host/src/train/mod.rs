@@ -1,5 +1,15 @@
-//! Training (temporary phase-1 layout).
+//! Training: batches and losses ([`batch`]), AdamW ([`adamw`]), the learning-rate
+//! schedule ([`schedule`]), the one training loop ([`trainer`]) and its two tasks,
+//! pretraining ([`pretrain`], also `bench train`) and fine-tuning ([`finetune`]).
+
+pub mod adamw;
 pub mod batch;
 pub mod finetune;
 pub mod pretrain;
-pub use batch::*;
+pub mod schedule;
+pub mod trainer;
+
+pub use crate::io::meta::AdamConfig;
+pub use adamw::AdamW;
+pub use batch::{bits, evaluate, loss, make_batch, scalar, Batch, BERT_MASK_P};
+pub use schedule::lr_at;

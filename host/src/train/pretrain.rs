@@ -7,168 +7,24 @@
 //! restores all of it, so N steps, a stop, and a resume to N+M steps give the same bytes
 //! as N+M steps straight.
 
-use crate::data::{self, Split};
-use crate::io::checkpoint::{Checkpoint, TrainState};
-use crate::io::plot::{self, Series};
+use super::adamw::AdamW;
+use super::batch;
+use super::trainer::{self, Curve, LogRow, Loss, RunFiles, Settings, Start, Task};
+use crate::data::Split;
+use crate::io::checkpoint::Checkpoint;
+use crate::io::meta::{self, PretrainArgs};
 use crate::nn::device::ModelDevice;
 use crate::nn::{Gpt, Objective};
-use crate::train::{self, AdamConfig, AdamW};
 use anyhow::{bail, ensure, Context, Result};
 use dfdx::prelude::*;
 use igpt_core::{Config, Palette};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// Everything that defines a pretraining run (saved in its checkpoint as JSON).
-#[derive(Debug, Clone, PartialEq)]
-pub struct PretrainConfig {
-    /// Dataset path.
-    pub data: PathBuf,
-    /// Model shape (k = the palette's size).
-    pub model: Config,
-    /// AR or BERT.
-    pub objective: Objective,
-    /// Total optimizer steps.
-    pub steps: u64,
-    /// Images per step.
-    pub batch: usize,
-    /// Peak learning rate.
-    pub lr: f64,
-    /// Linear warmup steps.
-    pub warmup: u64,
-    /// AdamW settings.
-    pub adam: AdamConfig,
-    /// Seed of the weights and of the data order and masks.
-    pub seed: u64,
-    /// Validate, log and checkpoint every this many steps.
-    pub eval_every: u64,
-    /// Validation images (from the test split; 0: no validation).
-    pub val_images: usize,
-    /// Training images used (0: all).
-    pub train_images: usize,
-}
-
-impl PretrainConfig {
-    /// The arguments as JSON, as stored in checkpoints.
-    pub fn to_json(&self) -> String {
-        let c = &self.model;
-        serde_json::json!({
-            "data": self.data.to_string_lossy(),
-            "model": {"vocab": c.vocab, "side": c.side, "width": c.width, "heads": c.heads, "layers": c.layers},
-            "objective": format!("{:?}", self.objective),
-            "steps": self.steps, "batch": self.batch, "lr": self.lr, "warmup": self.warmup,
-            "beta1": self.adam.beta1, "beta2": self.adam.beta2, "eps": self.adam.eps,
-            "weight_decay": self.adam.weight_decay, "clip": self.adam.clip,
-            "seed": self.seed, "eval_every": self.eval_every, "val_images": self.val_images,
-            "train_images": self.train_images,
-        })
-        .to_string()
-    }
-}
-
-/// Tokenizes a dataset split for a palette at the model's side.
-pub fn tokenize_split(
-    path: &Path,
-    split: Split,
-    palette: &Palette,
-    side: usize,
-    limit: usize,
-) -> Result<Vec<Vec<u16>>> {
-    let ds = data::load(path, split, Some(side))?;
-    let ds = if limit > 0 { ds.truncate(limit) } else { ds };
-    let ds = ds.with_channels(palette.channels())?;
-    let n = side * side;
-    (0..ds.len())
-        .into_par_iter()
-        .map(|i| {
-            let mut t = vec![0u16; n];
-            palette
-                .tokenize(ds.image(i), &mut t)
-                .map_err(anyhow::Error::from)?;
-            Ok(t)
-        })
-        .collect()
-}
-
-/// One row of `log.csv`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LogRow {
-    /// Steps done.
-    pub step: u64,
-    /// Learning rate of the last step.
-    pub lr: f64,
-    /// Mean training loss since the previous row, bits per dimension.
-    pub train_bpd: f64,
-    /// Validation loss, bits per dimension (NaN without validation).
-    pub val_bpd: f64,
-    /// Training throughput since the previous row.
-    pub tokens_per_s: f64,
-    /// Wall time of this process so far.
-    pub elapsed_s: f64,
-}
-
-const LOG_HEADER: &str = "step,lr,train_bpd,val_bpd,tokens_per_s,elapsed_s";
-
-fn read_log(path: &Path) -> Vec<LogRow> {
-    let Ok(text) = std::fs::read_to_string(path) else {
-        return Vec::new();
-    };
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<f64> = l
-                .split(',')
-                .map(|x| x.parse().unwrap_or(f64::NAN))
-                .collect();
-            (f.len() == 6).then(|| LogRow {
-                step: f[0] as u64,
-                lr: f[1],
-                train_bpd: f[2],
-                val_bpd: f[3],
-                tokens_per_s: f[4],
-                elapsed_s: f[5],
-            })
-        })
-        .collect()
-}
-
-fn write_log(dir: &Path, rows: &[LogRow]) -> Result<()> {
-    let mut s = String::from(LOG_HEADER);
-    s.push('\n');
-    for r in rows {
-        s.push_str(&format!(
-            "{},{:e},{:.6},{:.6},{:.1},{:.1}\n",
-            r.step, r.lr, r.train_bpd, r.val_bpd, r.tokens_per_s, r.elapsed_s
-        ));
-    }
-    crate::io::write_atomic(&dir.join("log.csv"), s.as_bytes())?;
-    let train: Vec<(f64, f64)> = rows.iter().map(|r| (r.step as f64, r.train_bpd)).collect();
-    let val: Vec<(f64, f64)> = rows.iter().map(|r| (r.step as f64, r.val_bpd)).collect();
-    let mut series = vec![Series {
-        label: "train".into(),
-        points: train,
-        color: plot::COLORS[0],
-        markers: false,
-    }];
-    if val.iter().any(|p| p.1.is_finite()) {
-        series.push(Series {
-            label: "validation".into(),
-            points: val,
-            color: plot::COLORS[1],
-            markers: true,
-        });
-    }
-    plot::line_plot(
-        &dir.join("loss.png"),
-        "IGPT PRETRAINING LOSS",
-        "step",
-        "bits/dim",
-        &series,
-    )
-}
+/// Everything that defines a pretraining run (saved in its checkpoints).
+pub type PretrainConfig = PretrainArgs;
 
 /// The outcome of a run.
 #[derive(Debug, Clone)]
@@ -188,11 +44,75 @@ pub fn checkpoint_path(dir: &Path) -> PathBuf {
     dir.join("checkpoint.safetensors")
 }
 
+/// Pretraining as a [`Task`] of the training loop.
+struct Pretrain<'a> {
+    cfg: &'a PretrainArgs,
+    palette: &'a Palette,
+    train: Vec<Vec<u16>>,
+    val: Vec<Vec<u16>>,
+}
+
+impl<D: ModelDevice> Task<D> for Pretrain<'_> {
+    fn train_columns(&self) -> Vec<&'static str> {
+        vec!["train_bpd"]
+    }
+    fn eval_columns(&self) -> Vec<&'static str> {
+        vec!["val_bpd"]
+    }
+    fn tokens_per_step(&self) -> usize {
+        self.cfg.batch * self.cfg.model.seq_len()
+    }
+    fn loss(&mut self, gpt: &Gpt<f32, D>, rng: &mut ChaCha8Rng) -> Result<(Loss<D>, Vec<f64>)> {
+        let picks: Vec<&[u16]> = (0..self.cfg.batch)
+            .map(|_| self.train[rng.gen_range(0..self.train.len())].as_slice())
+            .collect();
+        let b = batch::make_batch(&picks, self.cfg.model.sos(), self.cfg.objective, rng);
+        let loss = batch::loss::<f32, D, OwnedTape<f32, D>>(gpt, &b);
+        let bits = batch::bits(crate::nn::value(loss.retaped::<NoneTape>()));
+        Ok((loss, vec![bits]))
+    }
+    fn evaluate(&mut self, gpt: &Gpt<f32, D>) -> Result<(Vec<f64>, f64)> {
+        if self.val.is_empty() {
+            return Ok((vec![f64::NAN], f64::NEG_INFINITY));
+        }
+        // A fixed mask stream, so validation never disturbs the training RNG.
+        let mut vrng = ChaCha8Rng::seed_from_u64(self.cfg.seed ^ 0x5eed_5eed);
+        let refs: Vec<&[u16]> = self.val.iter().map(|v| v.as_slice()).collect();
+        let bpd = batch::bits(batch::evaluate(
+            gpt,
+            &refs,
+            self.cfg.batch.max(16),
+            self.cfg.objective,
+            &mut vrng,
+        ));
+        Ok((vec![bpd], -bpd))
+    }
+    fn checkpoint(&self, gpt: &Gpt<f32, D>) -> Checkpoint {
+        let mut ck = Checkpoint::from_model(gpt, Some(self.palette.clone()));
+        ck.pretrain = Some(self.cfg.clone());
+        ck
+    }
+    fn curves(&self) -> Vec<Curve> {
+        vec![Curve {
+            file: "loss.png",
+            title: "iGPT pretraining loss",
+            y_label: "bits/dim",
+            columns: vec![("train_bpd", "train"), ("val_bpd", "validation")],
+        }]
+    }
+    fn describe(&self, row: &LogRow) -> String {
+        format!(
+            "step {}: train {:.4} bits/dim, validation {:.4} bits/dim, {:.0} tokens/s",
+            row.step, row.train[0], row.eval[0], row.tokens_per_s
+        )
+    }
+}
+
 /// Runs (or resumes) pretraining into `dir` on the CPU. `stop_after` ends the process
 /// early at that step with a checkpoint, as an interruption would (for tests and for
 /// splitting a run).
 pub fn pretrain(
-    cfg: &PretrainConfig,
+    cfg: &PretrainArgs,
     palette: &Palette,
     dir: &Path,
     resume: bool,
@@ -207,7 +127,7 @@ pub fn pretrain(
 /// can be resumed on another device (exactly only on the same one).
 pub fn pretrain_on<D: ModelDevice>(
     dev: &D,
-    cfg: &PretrainConfig,
+    cfg: &PretrainArgs,
     palette: &Palette,
     dir: &Path,
     resume: bool,
@@ -224,62 +144,71 @@ pub fn pretrain_on<D: ModelDevice>(
         palette.len(),
         cfg.model.vocab
     );
-    let ck_path = checkpoint_path(dir);
-    if !resume && ck_path.exists() {
-        bail!(
-            "{}: a checkpoint exists; pass --resume to continue it, or choose another --out",
-            ck_path.display()
+    let files = RunFiles {
+        dir: dir.to_path_buf(),
+        state: checkpoint_path(dir),
+        best: None,
+    };
+    let saved = if resume {
+        let ck = Checkpoint::load(&files.state)?;
+        ensure!(
+            ck.finetune.is_none(),
+            "{}: a fine-tuning run; resume it with `igpt finetune --resume`",
+            files.state.display()
         );
-    }
+        let args = ck.pretrain.as_ref().with_context(|| {
+            format!(
+                "{}: holds no pretraining run to resume",
+                files.state.display()
+            )
+        })?;
+        meta::ensure_same(&files.state, &args.canonical(), &cfg.canonical())?;
+        ensure!(
+            ck.palette.as_ref() == Some(palette),
+            "{}: saved with another palette (same size, other colours); resume with the run's palette",
+            files.state.display()
+        );
+        Some(ck)
+    } else {
+        if files.state.exists() {
+            bail!(
+                "{}: a checkpoint exists; pass --resume to continue it, or choose another --out",
+                files.state.display()
+            );
+        }
+        None
+    };
     std::fs::create_dir_all(dir)
         .with_context(|| format!("{}: cannot create run folder", dir.display()))?;
 
     let side = cfg.model.side;
-    let train_set = tokenize_split(&cfg.data, Split::Train, palette, side, cfg.train_images)?;
+    let train =
+        crate::data::tokenize::split(&cfg.data, Split::Train, palette, side, cfg.train_images)?;
     ensure!(
-        !train_set.is_empty(),
+        !train.is_empty(),
         "{}: no training images",
         cfg.data.display()
     );
-    let val_set = if cfg.val_images > 0 {
-        tokenize_split(&cfg.data, Split::Test, palette, side, cfg.val_images)?
+    let val = if cfg.val_images > 0 {
+        crate::data::tokenize::split(&cfg.data, Split::Test, palette, side, cfg.val_images)?.tokens
     } else {
         Vec::new()
     };
-
-    let (mut gpt, mut opt, mut rng, mut log) = if resume {
-        let ck = Checkpoint::load(&ck_path)?;
-        let st = ck
-            .train
-            .clone()
-            .with_context(|| format!("{}: holds no training state to resume", ck_path.display()))?;
-        ensure!(
-            st.args == cfg.to_json(),
-            "{}: saved with other arguments; resume with the same ones (saved: {})",
-            ck_path.display(),
-            st.args
-        );
-        let gpt: Gpt<f32, D> = ck.model(dev);
-        let opt = AdamW::from_mats(dev, cfg.adam, &st.m, &st.v, st.step);
-        let mut rng = ChaCha8Rng::from_seed(st.rng_seed);
-        rng.set_stream(st.rng_stream);
-        rng.set_word_pos(st.rng_word_pos);
-        let log: Vec<LogRow> = read_log(&dir.join("log.csv"))
-            .into_iter()
-            .filter(|r| r.step <= st.step)
-            .collect();
-        (gpt, opt, rng, log)
-    } else {
-        let gpt = Gpt::<f32, D>::init(dev, cfg.model, cfg.seed);
-        let opt = AdamW::new(&gpt, cfg.adam);
-        let rng = ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(1));
-        (gpt, opt, rng, Vec::new())
+    let start = match &saved {
+        Some(ck) => Start::resume(dev, ck, cfg.adam, &files, 6)?,
+        None => {
+            let gpt = Gpt::<f32, D>::init(dev, cfg.model, None, cfg.seed);
+            let opt = AdamW::new(&gpt.params, cfg.adam);
+            Start::fresh(
+                gpt,
+                opt,
+                ChaCha8Rng::seed_from_u64(cfg.seed.wrapping_add(1)),
+            )
+        }
     };
-
-    let start = opt.step;
     if show_progress {
         let m = cfg.model;
-        eprintln!(
+        crate::progress::message(format!(
             "pretrain {:?}: {} layers, width {}, {} heads, {}x{}, k {} ({} parameters); {} training and {} validation images; batch {}, steps {}..{}, {} threads",
             cfg.objective,
             m.layers,
@@ -289,112 +218,36 @@ pub fn pretrain_on<D: ModelDevice>(
             m.side,
             m.vocab,
             m.param_count(),
-            train_set.len(),
-            val_set.len(),
+            train.len(),
+            val.len(),
             cfg.batch,
-            start,
+            start.opt.step,
             cfg.steps,
             rayon::current_num_threads()
-        );
-    }
-    let end = stop_after.map_or(cfg.steps, |s| s.min(cfg.steps));
-    let n = cfg.model.seq_len();
-    let bar = crate::progress::bar(cfg.steps, "pretrain", show_progress);
-    bar.set_position(start);
-    let t0 = Instant::now();
-    let mut window = (0.0f64, 0u64, Instant::now());
-    let mut last = Summary {
-        steps: start,
-        val_bpd: f64::NAN,
-        train_bpd: f64::NAN,
-        seconds: 0.0,
-    };
-    let save = |gpt: &Gpt<f32, D>, opt: &AdamW<f32, D>, rng: &ChaCha8Rng| -> Result<()> {
-        let mut ck = Checkpoint::from_model(gpt, Some(palette.clone()));
-        let (m, v) = opt.to_mats();
-        ck.train = Some(TrainState {
-            step: opt.step,
-            m,
-            v,
-            rng_seed: rng.get_seed(),
-            rng_stream: rng.get_stream(),
-            rng_word_pos: rng.get_word_pos(),
-            args: cfg.to_json(),
-        });
-        ck.save(&ck_path)
-    };
-    for step in start..end {
-        let lr = train::lr_at(step, cfg.lr, cfg.warmup, cfg.steps);
-        let picks: Vec<&[u16]> = (0..cfg.batch)
-            .map(|_| train_set[rng.gen_range(0..train_set.len())].as_slice())
-            .collect();
-        let batch = train::make_batch(&picks, cfg.model.sos(), cfg.objective, &mut rng);
-        let loss = train::loss::<f32, D, OwnedTape<f32, D>>(&gpt, &batch);
-        let nats = train::scalar(loss.retaped::<NoneTape>());
-        ensure!(
-            nats.is_finite(),
-            "loss became {nats} at step {step}: lower --lr"
-        );
-        let mut grads = loss.backward();
-        opt.update(&mut gpt, &mut grads, lr);
-        window.0 += train::bits(nats);
-        window.1 += 1;
-        bar.inc(1);
-        bar.set_message(format!(
-            "{:.3} bits/dim, {:.0} tok/s",
-            train::bits(nats),
-            (window.1 as usize * cfg.batch * n) as f64 / window.2.elapsed().as_secs_f64()
         ));
-        let done = step + 1;
-        if done % cfg.eval_every == 0 || done == end {
-            let val_bpd = if val_set.is_empty() {
-                f64::NAN
-            } else {
-                // A fixed mask stream, so validation never disturbs the training RNG.
-                let mut vrng = ChaCha8Rng::seed_from_u64(cfg.seed ^ 0x5eed_5eed);
-                let refs: Vec<&[u16]> = val_set.iter().map(|v| v.as_slice()).collect();
-                train::bits(train::evaluate(
-                    &gpt,
-                    &refs,
-                    cfg.batch.max(16),
-                    cfg.objective,
-                    &mut vrng,
-                ))
-            };
-            let secs = window.2.elapsed().as_secs_f64();
-            let row = LogRow {
-                step: done,
-                lr,
-                train_bpd: window.0 / window.1.max(1) as f64,
-                val_bpd,
-                tokens_per_s: (window.1 as usize * cfg.batch * n) as f64 / secs.max(1e-9),
-                elapsed_s: t0.elapsed().as_secs_f64(),
-            };
-            if show_progress {
-                crate::progress::note(
-                    &bar,
-                    show_progress,
-                    format!(
-                    "step {done}: train {:.4} bits/dim, validation {:.4} bits/dim, {:.0} tokens/s",
-                    row.train_bpd, row.val_bpd, row.tokens_per_s
-                ),
-                );
-            }
-            last = Summary {
-                steps: done,
-                val_bpd,
-                train_bpd: row.train_bpd,
-                seconds: t0.elapsed().as_secs_f64(),
-            };
-            log.push(row);
-            save(&gpt, &opt, &rng)?;
-            write_log(dir, &log)?;
-            window = (0.0, 0, Instant::now());
-        }
     }
-    bar.finish_and_clear();
-    last.seconds = t0.elapsed().as_secs_f64();
-    Ok(last)
+    let mut task = Pretrain {
+        cfg,
+        palette,
+        train: train.tokens,
+        val,
+    };
+    let settings = Settings {
+        steps: cfg.steps,
+        lr: cfg.lr,
+        warmup: cfg.warmup,
+        eval_every: cfg.eval_every,
+        patience: None,
+        stop_after,
+        fused: true,
+    };
+    let out = trainer::run(&mut task, start, &settings, &files, show_progress)?;
+    Ok(Summary {
+        steps: out.steps,
+        val_bpd: out.last.as_ref().map_or(f64::NAN, |r| r.eval[0]),
+        train_bpd: out.last.as_ref().map_or(f64::NAN, |r| r.train[0]),
+        seconds: out.seconds,
+    })
 }
 
 /// Training throughput on random tokens: `steps` timed forward + backward + AdamW steps
@@ -414,9 +267,9 @@ pub fn bench_train<D: ModelDevice>(
         batch > 0 && steps > 0,
         "--batch and --steps must be positive"
     );
-    let mut gpt = Gpt::<f32, D>::init(dev, config, 0);
+    let mut gpt = Gpt::<f32, D>::init(dev, config, None, 0);
     gpt.fused = fused;
-    let mut opt = AdamW::new(&gpt, AdamConfig::default());
+    let mut opt = AdamW::new(&gpt.params, crate::io::meta::AdamConfig::default());
     let mut rng = ChaCha8Rng::seed_from_u64(0);
     let n = config.seq_len();
     let images: Vec<Vec<u16>> = (0..batch)
@@ -427,15 +280,15 @@ pub fn bench_train<D: ModelDevice>(
         })
         .collect();
     let refs: Vec<&[u16]> = images.iter().map(|v| v.as_slice()).collect();
-    let b = train::make_batch(&refs, config.sos(), Objective::Ar, &mut rng);
+    let b = batch::make_batch(&refs, config.sos(), Objective::Ar, &mut rng);
     let bar = crate::progress::bar(steps as u64, "bench", show_progress);
     let mut t = Instant::now();
     for i in 0..=steps {
         if i == 1 {
             t = Instant::now();
         }
-        let mut grads = train::loss::<f32, D, OwnedTape<f32, D>>(&gpt, &b).backward();
-        opt.update(&mut gpt, &mut grads, 1e-4);
+        let mut grads = batch::loss::<f32, D, OwnedTape<f32, D>>(&gpt, &b).backward();
+        opt.update(&mut gpt.params, &mut grads, 1e-4, |_| 1.0, gpt.fused);
         if i == 0 {
             dev.try_synchronize()
                 .map_err(|e| anyhow::anyhow!("device error: {e:?}"))?;

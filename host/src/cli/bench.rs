@@ -1,0 +1,187 @@
+//! `igpt bench train | infer | parity`: training throughput, int8 against f32 inference,
+//! and the model on a device against the HF fixtures.
+
+use super::args::{set_threads, ModelArgs};
+use anyhow::{ensure, Result};
+use igpt::nn::device::DeviceKind;
+use igpt::train::pretrain;
+use igpt_core::Preset;
+use std::path::PathBuf;
+
+/// Runs a `bench` subcommand.
+pub fn run(cmd: BenchCmd) -> Result<()> {
+    match cmd {
+        BenchCmd::Train(a) => train_cmd(a),
+        BenchCmd::Infer(a) => bench_infer_cmd(a),
+        BenchCmd::Parity(a) => parity_cmd(a),
+    }
+}
+
+#[derive(clap::Subcommand)]
+pub enum BenchCmd {
+    /// Training throughput (forward + backward + AdamW) on random tokens; the last line
+    /// is `tokens_per_s=<number>`.
+    Train(BenchTrainArgs),
+    /// Probe inference, one thread: igpt-core int8 vs the f32 dfdx forward of the same
+    /// weights; the last line is `speedup=<number>`.
+    Infer(BenchInferArgs),
+    /// The model on a device against the HF fixtures (hidden states, probe features,
+    /// logits: 1e-4) and the CPU reference (logits 1e-4, AR loss 2e-5, gradients 1e-4
+    /// relative); the last line is `parity=PASS` (or an error).
+    Parity(BenchParityArgs),
+}
+
+#[derive(clap::Args)]
+pub struct BenchTrainArgs {
+    /// Model shape (default: 4 layers, width 128, 4 heads, 16x16, k 512).
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Sequences per step.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Timed steps.
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Run the plain dfdx compositions instead of the fused CPU kernels.
+    #[arg(long)]
+    pub reference: bool,
+    /// Where the dfdx model runs: cpu (fused kernels) or cuda (needs a build with
+    /// --features cuda).
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceKind,
+}
+
+#[derive(clap::Args)]
+pub struct BenchInferArgs {
+    /// int8 model file with a probe head.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Random images to time.
+    #[arg(long, default_value_t = 64)]
+    pub images: usize,
+    /// Images per f32 forward (the f32 side is batched; the core runs one at a time).
+    #[arg(long, default_value_t = 32)]
+    pub batch: usize,
+    /// Alternating int8 / f32 rounds; each side keeps its best.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+}
+
+#[derive(clap::Args)]
+pub struct BenchParityArgs {
+    /// HF ImageGPT fixture folder (every case with input_ids and expected outputs).
+    #[arg(long, default_value = "../shared/fixtures/hf-imagegpt")]
+    pub fixtures: PathBuf,
+    /// The device checked against the fixtures and the CPU reference path.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceKind,
+}
+
+pub fn bench_infer_cmd(a: BenchInferArgs) -> Result<()> {
+    use rand::{Rng, SeedableRng};
+    ensure!(a.images > 0, "--images must be positive");
+    set_threads(Some(1))?;
+    let bytes = igpt::int8::export::read_model(&a.model)?;
+    let model = igpt_core::Model::parse(&bytes)?;
+    let c = *model.config();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+    let images: Vec<Vec<u16>> = (0..a.images)
+        .map(|_| {
+            (0..c.seq_len())
+                .map(|_| rng.gen_range(0..c.vocab as u16))
+                .collect()
+        })
+        .collect();
+    let r = igpt::int8::run::bench(&model, &images, a.batch, a.rounds)?;
+    let (layer, classes) = model.probe().unwrap_or((0, 0));
+    println!(
+        "bench infer: {}x{}, width {}, probe layer {layer} ({} MMAC per image), {} images, 1 thread",
+        c.side,
+        c.side,
+        c.width,
+        c.probe_macs(layer, classes) / 1_000_000,
+        a.images
+    );
+    let kernels = if r.simd {
+        "host AVX-512 VNNI kernels"
+    } else {
+        "portable kernels: this CPU has no AVX-512 VNNI"
+    };
+    println!(
+        "int8 igpt-core:  {:8.2} images/s (one image at a time, {kernels}; best of {} rounds)",
+        r.int8,
+        a.rounds.max(1)
+    );
+    println!(
+        "int8 portable:   {:8.2} images/s (the same forward with igpt-core's portable kernels)",
+        r.int8_portable
+    );
+    println!(
+        "f32 dfdx:        {:8.2} images/s (batch {}; best of {} rounds, alternating with int8)",
+        r.f32_batched,
+        a.batch,
+        a.rounds.max(1)
+    );
+    println!("f32 dfdx:        {:8.2} images/s (batch 1)", r.f32_single);
+    println!("speedup={:.2}", r.speedup());
+    Ok(())
+}
+
+pub fn parity_cmd(a: BenchParityArgs) -> Result<()> {
+    let checks = igpt::on_device!(a.device, 0, |dev| {
+        println!(
+            "bench parity on {}: fixtures {}",
+            a.device.name(),
+            a.fixtures.display()
+        );
+        igpt::eval::parity::parity(&dev, &a.fixtures)
+    })?;
+    igpt::eval::parity::report(&checks)
+}
+
+pub fn train_cmd(a: BenchTrainArgs) -> Result<()> {
+    set_threads(a.threads)?;
+    let mut model = a.model.clone();
+    if model.preset.is_none() {
+        model.layers = model.layers.or(Some(4));
+        model.width = model.width.or(Some(128));
+        model.heads = model.heads.or(Some(4));
+        model.side = model.side.or(Some(16));
+        model.vocab = model.vocab.or(Some(512));
+    }
+    let c = model.config(Preset::Test)?;
+    let tps = igpt::on_device!(a.device, 0, |dev| pretrain::bench_train(
+        &dev,
+        c,
+        a.batch,
+        a.steps,
+        !a.reference,
+        true
+    ))?;
+    println!(
+        "bench train{}{}: {} layers, width {}, {} heads, {}x{} ({} tokens), k {}, batch {}, {} steps, {} threads",
+        if a.reference { " (reference dfdx ops)" } else { "" },
+        if a.device == DeviceKind::Cuda { " on cuda" } else { "" },
+        c.layers,
+        c.width,
+        c.heads,
+        c.side,
+        c.side,
+        c.seq_len(),
+        c.vocab,
+        a.batch,
+        a.steps,
+        rayon::current_num_threads()
+    );
+    let (six_n, attn) = igpt::eval::parity::train_flops_per_token(&c);
+    println!(
+        "train_flops_per_token={:.4e} (6N {six_n:.4e} + attention {attn:.4e})",
+        six_n + attn
+    );
+    println!("model_tflops={:.3}", (six_n + attn) * tps / 1e12);
+    println!("tokens_per_s={tps:.1}");
+    Ok(())
+}

@@ -1,0 +1,208 @@
+//! `igpt probe`, `igpt sample`: evaluating a representation, sampling and completing
+//! images.
+
+use super::args::set_threads;
+use anyhow::{ensure, Context, Result};
+use igpt::eval::sample;
+use igpt::io::checkpoint::Checkpoint;
+use igpt::nn::device::DeviceKind;
+use igpt::nn::Objective;
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct ProbeArgs {
+    /// Checkpoint (from pretrain or import-hf with a palette).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Dataset: the train split fits the probe, the test split measures it.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Layers to probe: `all` or numbers (0..=L; L is the final norm).
+    #[arg(long, default_value = "all", num_args = 1..)]
+    pub layers: Vec<String>,
+    /// Fit on only N training images per class (low-data probe).
+    #[arg(long)]
+    pub labels_per_class: Option<usize>,
+    /// Probe the raw pixels at the model's resolution (the baseline), same code path.
+    #[arg(long)]
+    pub raw_pixels: bool,
+    /// Use only the first N training images (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub train_images: usize,
+    /// Use only the first N test images (0: all).
+    #[arg(long, default_value_t = 0)]
+    pub test_images: usize,
+    /// L2 strengths to choose from on a 10% validation split.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "0.1,0.01,0.001,0.0001,0.00001"
+    )]
+    pub l2: Vec<f64>,
+    /// Images per forward pass.
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Output folder: probe.json, probe-head.json, probe.png.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Worker threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Where the feature extraction runs: cpu (fused kernels) or cuda (needs a build
+    /// with --features cuda); the logistic regressions run on the CPU.
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceKind,
+}
+
+#[derive(clap::Args)]
+pub struct SampleArgs {
+    /// Checkpoint with a palette (an AR model).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Unconditional samples to draw.
+    #[arg(long, default_value_t = 16)]
+    pub n: usize,
+    /// Softmax temperature (0: greedy).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    /// Sample only among the K most likely colours.
+    #[arg(long)]
+    pub top_k: Option<usize>,
+    /// RNG seed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Complete these images instead: each row shows the kept top rows, completions and
+    /// the original (as tokens).
+    #[arg(long, num_args = 1..)]
+    pub complete: Vec<PathBuf>,
+    /// Complete the first N test images of this dataset (with --complete-test).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// How many test images of --data to complete.
+    #[arg(long, default_value_t = 0)]
+    pub complete_test: usize,
+    /// Rows of each image to keep when completing.
+    #[arg(long, default_value_t = 7)]
+    pub keep_rows: usize,
+    /// Completions per image.
+    #[arg(long, default_value_t = 4)]
+    pub completions: usize,
+    /// Output PNG grid.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// cpu: the KV-cached f32 host path; cuda: the dfdx model on the GPU, rerunning the
+    /// forward pass over the prefix for each pixel (dfdx has no KV cache).
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceKind,
+}
+
+pub fn probe_cmd(a: ProbeArgs) -> Result<()> {
+    set_threads(a.threads)?;
+    let layers = if a.layers.iter().any(|l| l == "all") {
+        None
+    } else {
+        Some(
+            a.layers
+                .iter()
+                .map(|l| {
+                    l.parse::<usize>()
+                        .with_context(|| format!("--layers {l}: not a layer number"))
+                })
+                .collect::<Result<Vec<_>>>()?,
+        )
+    };
+    ensure!(
+        !a.l2.is_empty() && a.l2.iter().all(|v| *v >= 0.0),
+        "--l2 needs non-negative values"
+    );
+    let run = igpt::eval::probe::ProbeRun {
+        checkpoint: a.checkpoint,
+        data: a.data,
+        layers,
+        labels_per_class: a.labels_per_class,
+        raw_pixels: a.raw_pixels,
+        limit: (a.train_images, a.test_images),
+        out: a.out.clone(),
+        batch: a.batch.max(1),
+        cfg: igpt::eval::probe::ProbeConfig {
+            l2_grid: a.l2,
+            ..Default::default()
+        },
+    };
+    let results = igpt::on_device!(a.device, 0, |dev| igpt::eval::probe::run_on(
+        &dev, &run, true
+    ))?;
+    for (l, r) in &results {
+        let name = if *l == usize::MAX {
+            "raw pixels".to_string()
+        } else {
+            format!("layer {l}")
+        };
+        println!(
+            "{name}: test accuracy {:.2}% (L2 {:e})",
+            100.0 * r.test_accuracy,
+            r.l2
+        );
+    }
+    println!("results: {}", a.out.join("probe.json").display());
+    Ok(())
+}
+
+pub fn sample_cmd(a: SampleArgs) -> Result<()> {
+    let ck = Checkpoint::load(&a.checkpoint)?;
+    let pal = ck.palette_or_err(&a.checkpoint)?;
+    if ck.objective() == Objective::Bert {
+        anyhow::bail!(
+            "{}: a BERT model does not sample left to right",
+            a.checkpoint.display()
+        );
+    }
+    let side = ck.config.side;
+    let n = side * side;
+    ensure!(a.top_k != Some(0), "--top-k must be positive");
+    let completing = !a.complete.is_empty() || a.complete_test > 0;
+    let (prefixes, originals) = if !completing {
+        ensure!(a.n > 0, "--n must be positive");
+        (vec![Vec::new(); a.n], Vec::new())
+    } else {
+        let test = match a.complete_test {
+            0 => None,
+            count => Some((
+                a.data
+                    .as_ref()
+                    .context("--complete-test needs --data")?
+                    .as_path(),
+                count,
+            )),
+        };
+        sample::completion_prefixes(&pal, side, &a.complete, test, a.keep_rows, a.completions)?
+    };
+    let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(a.seed);
+    let t0 = std::time::Instant::now();
+    let out = match a.device {
+        DeviceKind::Cpu => {
+            let w = igpt::nn::kv::Weights::new(ck.config, &ck.params);
+            sample::generate(&w, &prefixes, a.temperature, a.top_k, &mut rng)?
+        }
+        DeviceKind::Cuda => igpt::on_device!(DeviceKind::Cuda, a.seed, |dev| {
+            let gpt: igpt::nn::Gpt<f32, _> = ck.model(&dev)?;
+            sample::generate_full(&gpt, &prefixes, a.temperature, a.top_k, &mut rng)
+        })?,
+    };
+    let secs = t0.elapsed().as_secs_f64();
+    sample::draw_grid(&ck, &out, &prefixes, &originals, a.completions, &a.out)?;
+    let generated: usize = prefixes.iter().map(|p| n - p.len()).sum();
+    println!(
+        "{}: {} images, {} sampled tokens in {:.2} s ({:.0} tokens/s, {})",
+        a.out.display(),
+        out.len(),
+        generated,
+        secs,
+        generated as f64 / secs.max(1e-9),
+        match a.device {
+            DeviceKind::Cpu => "KV cache",
+            DeviceKind::Cuda => "full forward per pixel on cuda",
+        }
+    );
+    Ok(())
+}
