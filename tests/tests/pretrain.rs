@@ -211,3 +211,95 @@ fn grey_palette_from(dir: &Path, k: usize, side: usize) -> Palette {
     };
     palette::fit(&ds.pixels, 1, opts, false).unwrap().0
 }
+
+/// The demo's embedded Fashion-MNIST subset (in the repository).
+fn subset() -> PathBuf {
+    igpt_tests::repo_root().join("data/fashion-mnist-subset")
+}
+
+#[test]
+fn finetune_resume_equals_an_uninterrupted_run() {
+    use igpt::io::meta::FinetuneArgs;
+    use igpt::train::finetune;
+    let tmp = tempfile::tempdir().unwrap();
+    let data = subset();
+    let pal = grey_palette(&data, 8, 8);
+    for objective in [Objective::Ar, Objective::Bert] {
+        // A small pretrained model to start from.
+        let mut pcfg = config(data.clone(), objective, 8);
+        pcfg.train_images = 64;
+        pcfg.steps = 4;
+        let pre = tmp.path().join(format!("{objective:?}-pre"));
+        pretrain::pretrain(&pcfg, &pal, &pre, false, None, false).unwrap();
+        let cfg = FinetuneArgs {
+            checkpoint: pretrain::checkpoint_path(&pre),
+            data: data.clone(),
+            steps: 6,
+            batch: 4,
+            lr: 1e-3,
+            warmup: 1,
+            head_lr_scale: 10.0,
+            gen_weight: 0.5,
+            adam: AdamConfig::default(),
+            eval_every: 2,
+            patience: 10,
+            train_images: 60,
+            test_images: 20,
+            seed: 3,
+        };
+        let a = tmp.path().join(format!("{objective:?}-a"));
+        let b = tmp.path().join(format!("{objective:?}-b"));
+        let sa = finetune::finetune(&cfg, &a, false, None, false).unwrap();
+        let s3 = finetune::finetune(&cfg, &b, false, Some(3), false).unwrap();
+        assert_eq!(s3.steps_run, 3);
+        let mid = std::fs::read(finetune::state_path(&b)).unwrap();
+        let sb = finetune::finetune(&cfg, &b, true, None, false).unwrap();
+        assert_eq!((sa.steps_run, sb.steps_run), (6, 6));
+        for file in ["state.safetensors", "checkpoint.safetensors"] {
+            let fa = std::fs::read(a.join(file)).unwrap();
+            let fb = std::fs::read(b.join(file)).unwrap();
+            assert!(
+                fa == fb,
+                "{objective:?} {file}: 3 + resume + 3 steps differ from 6 steps"
+            );
+        }
+        assert_ne!(mid, std::fs::read(finetune::state_path(&b)).unwrap());
+        assert_eq!(sa.test_accuracy.to_bits(), sb.test_accuracy.to_bits());
+        assert_eq!(sa.val_accuracy.to_bits(), sb.val_accuracy.to_bits());
+        // The kept model has its class head and both runs' arguments.
+        let best = Checkpoint::load(&finetune::checkpoint_path(&a)).unwrap();
+        assert_eq!(best.params.score.as_ref().map(|s| s.rows), Some(10));
+        assert_eq!(best.finetune.as_ref(), Some(&cfg));
+        assert_eq!(best.objective(), objective);
+        assert!(best.state.is_none());
+        // The log (same rows, but for the time columns) and the curves.
+        let rows = |d: &Path| -> Vec<String> {
+            std::fs::read_to_string(d.join("log.csv"))
+                .unwrap()
+                .lines()
+                .map(|l| l.rsplitn(3, ',').nth(2).unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(rows(&a).len(), 4, "header + steps 2, 4, 6");
+        assert_eq!(rows(&a), rows(&b));
+        assert!(rows(&a)[0].starts_with("step,lr,train_gen_bpd,train_clf_nats,val_accuracy"));
+        assert!(a.join("loss.png").is_file() && a.join("accuracy.png").is_file());
+        println!(
+            "{objective:?}: fine-tuning 6 steps = 3 + resume + 3 (state and best checkpoint identical); validation {:.3}, test {:.3}",
+            sa.val_accuracy, sa.test_accuracy
+        );
+        // A fresh run into a folder that holds a run is refused, as is one into the
+        // pretraining folder; resuming with other arguments names the field.
+        let err = finetune::finetune(&cfg, &a, false, None, false).unwrap_err();
+        assert!(format!("{err:#}").contains("--resume"), "{err:#}");
+        let err = finetune::finetune(&cfg, &pre, false, None, false).unwrap_err();
+        assert!(format!("{err:#}").contains("exists"), "{err:#}");
+        let mut other = cfg.clone();
+        other.gen_weight = 1.0;
+        let err = finetune::finetune(&other, &b, true, None, false).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("`gen_weight` was 0.5, now 1.0"),
+            "{err:#}"
+        );
+    }
+}
