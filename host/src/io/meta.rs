@@ -121,7 +121,61 @@ pub fn canonical(p: &Path) -> PathBuf {
     std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
+/// `name` must be finite and within `lo..=hi`.
+pub fn check_range(name: &str, v: f64, lo: f64, hi: f64) -> Result<()> {
+    anyhow::ensure!(
+        v.is_finite() && v >= lo && v <= hi,
+        "{name} {v} is out of range ({lo:e}..={hi:e})"
+    );
+    Ok(())
+}
+
+/// `name` must be finite and in `(0, hi]`.
+pub fn check_positive(name: &str, v: f64, hi: f64) -> Result<()> {
+    anyhow::ensure!(
+        v.is_finite() && v > 0.0 && v <= hi,
+        "{name} {v} must be a positive number at most {hi:e}"
+    );
+    Ok(())
+}
+
+/// Largest batch a command accepts (memory is estimated before allocating as well).
+pub const MAX_BATCH: usize = 4096;
+/// Largest step count.
+pub const MAX_STEPS: u64 = 100_000_000;
+
+impl AdamConfig {
+    /// Every setting finite and in its range.
+    pub fn validate(&self) -> Result<()> {
+        check_range("--beta1", self.beta1, 0.0, 0.999_999)?;
+        check_range("--beta2", self.beta2, 0.0, 0.999_999_999)?;
+        check_positive("--eps", self.eps, 1.0)?;
+        check_range("--weight-decay", self.weight_decay, 0.0, 10.0)?;
+        check_range("--clip", self.clip, 0.0, 1e6)?;
+        Ok(())
+    }
+}
+
 impl PretrainArgs {
+    /// Every numeric argument finite and in range, naming the flag otherwise.
+    pub fn validate(&self) -> Result<()> {
+        anyhow::ensure!(
+            (1..=MAX_BATCH).contains(&self.batch),
+            "--batch {} is out of range (1..={MAX_BATCH})",
+            self.batch
+        );
+        anyhow::ensure!(
+            (1..=MAX_STEPS).contains(&self.steps),
+            "--steps {} is out of range (1..={MAX_STEPS})",
+            self.steps
+        );
+        anyhow::ensure!(self.eval_every > 0, "--eval-every must be positive");
+        check_positive("--lr", self.lr, 1.0)?;
+        self.adam.validate()?;
+        self.model.validate().map_err(|e| anyhow::anyhow!("invalid model shape: {e}"))?;
+        Ok(())
+    }
+
     /// The same arguments with the dataset path canonicalised.
     pub fn canonical(&self) -> PretrainArgs {
         PretrainArgs {
@@ -132,6 +186,27 @@ impl PretrainArgs {
 }
 
 impl FinetuneArgs {
+    /// Every numeric argument finite and in range, naming the flag otherwise.
+    pub fn validate(&self) -> Result<()> {
+        anyhow::ensure!(
+            (1..=MAX_BATCH).contains(&self.batch),
+            "--batch {} is out of range (1..={MAX_BATCH})",
+            self.batch
+        );
+        anyhow::ensure!(
+            (1..=MAX_STEPS).contains(&self.steps),
+            "--steps {} is out of range (1..={MAX_STEPS})",
+            self.steps
+        );
+        anyhow::ensure!(self.eval_every > 0, "--eval-every must be positive");
+        anyhow::ensure!(self.patience > 0, "--patience must be positive");
+        check_positive("--lr", self.lr, 1.0)?;
+        check_positive("--head-lr-scale", self.head_lr_scale, 1e4)?;
+        check_range("--gen-weight", self.gen_weight, 0.0, 1e3)?;
+        self.adam.validate()?;
+        Ok(())
+    }
+
     /// The same arguments with both paths canonicalised.
     pub fn canonical(&self) -> FinetuneArgs {
         FinetuneArgs {

@@ -253,10 +253,7 @@ pub fn finetune_on<D: ModelDevice>(
     stop_after: Option<u64>,
     show: bool,
 ) -> Result<FinetuneSummary> {
-    ensure!(
-        cfg.batch > 0 && cfg.steps > 0 && cfg.eval_every > 0 && cfg.patience > 0,
-        "--batch, --steps, --eval-every and --patience must be positive"
-    );
+    cfg.validate()?;
     let files = RunFiles {
         dir: out.to_path_buf(),
         state: state_path(out),

@@ -134,10 +134,7 @@ pub fn pretrain_on<D: ModelDevice>(
     stop_after: Option<u64>,
     show_progress: bool,
 ) -> Result<Summary> {
-    ensure!(cfg.batch > 0, "--batch must be positive");
-    ensure!(cfg.steps > 0, "--steps must be positive");
-    ensure!(cfg.eval_every > 0, "--eval-every must be positive");
-    ensure!(cfg.lr > 0.0 && cfg.lr.is_finite(), "--lr must be positive");
+    cfg.validate()?;
     ensure!(
         palette.len() == cfg.model.vocab,
         "the palette has {} colours but the model's k is {}",
