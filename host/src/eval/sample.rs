@@ -98,6 +98,31 @@ fn check_prefixes(prefixes: &[Vec<u16>], n: usize) -> Result<()> {
     Ok(())
 }
 
+/// Appends the next token of every sequence to `out`: the prefix's pixel where it has
+/// one, else a draw from that sequence's `logits` row; returns the appended tokens.
+fn next_tokens<R: Rng>(
+    out: &mut [Vec<u16>],
+    prefixes: &[Vec<u16>],
+    logits: &[f32],
+    vocab: usize,
+    (temperature, top_k): (f32, Option<usize>),
+    rng: &mut R,
+) -> Vec<usize> {
+    let t = out.first().map_or(0, |s| s.len());
+    out.iter_mut()
+        .zip(prefixes)
+        .zip(logits.chunks_exact(vocab))
+        .map(|((seq, prefix), row)| {
+            let tok = match prefix.get(t) {
+                Some(&known) => known as usize,
+                None => draw(row, temperature, top_k, rng),
+            };
+            seq.push(tok as u16);
+            tok
+        })
+        .collect()
+}
+
 /// Generates `batch` images. `prefix[s]` holds sequence s's known first pixels (empty for
 /// unconditional samples); the rest is sampled. Returns the tokens of each image.
 pub fn generate<R: Rng>(
@@ -114,21 +139,16 @@ pub fn generate<R: Rng>(
     let mut state = KvState::new(&c, b);
     let mut out: Vec<Vec<u16>> = vec![Vec::with_capacity(n); b];
     let mut input = vec![c.sos(); b];
-    for t in 0..n {
+    for _ in 0..n {
         let logits = step(w, &mut state, &input);
-        for s in 0..b {
-            let tok = match prefixes[s].get(t) {
-                Some(&known) => known as usize,
-                None => draw(
-                    &logits[s * c.vocab..(s + 1) * c.vocab],
-                    temperature,
-                    top_k,
-                    rng,
-                ),
-            };
-            out[s].push(tok as u16);
-            input[s] = tok;
-        }
+        input = next_tokens(
+            &mut out,
+            prefixes,
+            &logits,
+            c.vocab,
+            (temperature, top_k),
+            rng,
+        );
     }
     Ok(out)
 }
@@ -148,14 +168,14 @@ pub fn generate_full<D: ModelDevice, R: Rng>(
     let b = prefixes.len();
     check_prefixes(prefixes, n)?;
     let mut out: Vec<Vec<u16>> = vec![Vec::with_capacity(n); b];
-    let mut ids = Vec::with_capacity(b * n);
     for t in 0..n {
         // Inputs (B, t + 1): SOS, then the pixels so far.
-        ids.clear();
-        for seq in &out {
-            ids.push(c.sos());
-            ids.extend(seq.iter().map(|&x| x as usize));
-        }
+        // igpt-core's model input of each sequence with a placeholder for pixel t.
+        let padded: Vec<Vec<u16>> = out
+            .iter()
+            .map(|seq| seq.iter().copied().chain([0]).collect())
+            .collect();
+        let ids = crate::data::tokenize::model_ids(&padded, c.sos(), true);
         let z = gpt.forward::<NoneTape>(
             &ids,
             b,
@@ -166,18 +186,14 @@ pub fn generate_full<D: ModelDevice, R: Rng>(
         );
         let last = z.slice((.., t..t + 1, ..));
         let logits = gpt.logits(last).as_vec();
-        for s in 0..b {
-            let tok = match prefixes[s].get(t) {
-                Some(&known) => known as usize,
-                None => draw(
-                    &logits[s * c.vocab..(s + 1) * c.vocab],
-                    temperature,
-                    top_k,
-                    rng,
-                ),
-            };
-            out[s].push(tok as u16);
-        }
+        next_tokens(
+            &mut out,
+            prefixes,
+            &logits,
+            c.vocab,
+            (temperature, top_k),
+            rng,
+        );
     }
     Ok(out)
 }

@@ -144,6 +144,20 @@ pub const MAX_BATCH: usize = 4096;
 /// Largest step count.
 pub const MAX_STEPS: u64 = 100_000_000;
 
+/// The training loop's sizes: `--batch`, `--steps`, `--eval-every`.
+fn check_loop(batch: usize, steps: u64, eval_every: u64) -> Result<()> {
+    anyhow::ensure!(
+        (1..=MAX_BATCH).contains(&batch),
+        "--batch {batch} is out of range (1..={MAX_BATCH})"
+    );
+    anyhow::ensure!(
+        (1..=MAX_STEPS).contains(&steps),
+        "--steps {steps} is out of range (1..={MAX_STEPS})"
+    );
+    anyhow::ensure!(eval_every > 0, "--eval-every must be positive");
+    Ok(())
+}
+
 impl AdamConfig {
     /// Every setting finite and in its range.
     pub fn validate(&self) -> Result<()> {
@@ -159,20 +173,12 @@ impl AdamConfig {
 impl PretrainArgs {
     /// Every numeric argument finite and in range, naming the flag otherwise.
     pub fn validate(&self) -> Result<()> {
-        anyhow::ensure!(
-            (1..=MAX_BATCH).contains(&self.batch),
-            "--batch {} is out of range (1..={MAX_BATCH})",
-            self.batch
-        );
-        anyhow::ensure!(
-            (1..=MAX_STEPS).contains(&self.steps),
-            "--steps {} is out of range (1..={MAX_STEPS})",
-            self.steps
-        );
-        anyhow::ensure!(self.eval_every > 0, "--eval-every must be positive");
+        check_loop(self.batch, self.steps, self.eval_every)?;
         check_positive("--lr", self.lr, 1.0)?;
         self.adam.validate()?;
-        self.model.validate().map_err(|e| anyhow::anyhow!("invalid model shape: {e}"))?;
+        self.model
+            .validate()
+            .map_err(|e| anyhow::anyhow!("invalid model shape: {e}"))?;
         Ok(())
     }
 
@@ -188,17 +194,7 @@ impl PretrainArgs {
 impl FinetuneArgs {
     /// Every numeric argument finite and in range, naming the flag otherwise.
     pub fn validate(&self) -> Result<()> {
-        anyhow::ensure!(
-            (1..=MAX_BATCH).contains(&self.batch),
-            "--batch {} is out of range (1..={MAX_BATCH})",
-            self.batch
-        );
-        anyhow::ensure!(
-            (1..=MAX_STEPS).contains(&self.steps),
-            "--steps {} is out of range (1..={MAX_STEPS})",
-            self.steps
-        );
-        anyhow::ensure!(self.eval_every > 0, "--eval-every must be positive");
+        check_loop(self.batch, self.steps, self.eval_every)?;
         anyhow::ensure!(self.patience > 0, "--patience must be positive");
         check_positive("--lr", self.lr, 1.0)?;
         check_positive("--head-lr-scale", self.head_lr_scale, 1e4)?;
