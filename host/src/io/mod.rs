@@ -1,6 +1,10 @@
-//! Files the host writes: always atomically (a temporary file in the same folder, then a
-//! rename), so an interrupted run never leaves a half-written checkpoint, palette or plot
-//! in place of a good one.
+//! Files: checkpoints ([`checkpoint`]), the typed run metadata inside them ([`meta`]),
+//! probe heads ([`probe_head`]), HuggingFace import ([`hf`]), plots ([`plot`]) and PNGs,
+//! and the output-path guard ([`guard`]).
+//!
+//! Every file the host writes goes through [`write_atomic`] (a temporary file in the same
+//! folder, then a rename), so an interrupted run never leaves a half-written checkpoint,
+//! palette or plot in place of a good one.
 
 pub mod checkpoint;
 pub mod guard;
