@@ -118,11 +118,11 @@ for op in ["reshape_to", "concat", "stack", "concat_along", "to_dtype"]:
             body = body.replace(t, "float")
         (out / f"{op}_{name.lower()}.cu").write_text(body)
 EOF
-  local fx=${IGPT_HF_FIXTURES:-../shared/fixtures/hf-imagegpt}
+  local fx=${IGPT_HF_FIXTURES:-tests/fixtures/hf-imagegpt}
   cp "$fx"/*.json "$fx"/*.safetensors "$G/fixtures/"
   mkdir -p "$G/data"
-  cp ../shared/data/cifar10-sample/test_batch.bin "$G/data/test_batch.bin"
-  cp ../shared/data/cifar10-sample/test_batch.bin "$G/data/data_batch_1.bin"
+  cp data/cifar10-sample/test_batch.bin "$G/data/test_batch.bin"
+  cp data/cifar10-sample/test_batch.bin "$G/data/data_batch_1.bin"
   cat >"$G/baked.env" <<EOF
 # Written by bench/gpu-check.sh build: absolute paths the CUDA igpt binary holds.
 IGPT_BAKED_INCLUDE=$BAKE/root/include
@@ -158,11 +158,11 @@ run() {
     model="--layers 2 --width 64 --heads 4 --side 8 --vocab 16"
     batches=${IGPT_BATCHES:-2 4}
     steps=${IGPT_STEPS:-2}
-    fixtures=${IGPT_HF_FIXTURES:-../shared/fixtures/hf-imagegpt}
+    fixtures=${IGPT_HF_FIXTURES:-tests/fixtures/hf-imagegpt}
     data=$tmp/data
     mkdir -p "$data"
-    cp ../shared/data/cifar10-sample/test_batch.bin "$data/test_batch.bin"
-    cp ../shared/data/cifar10-sample/test_batch.bin "$data/data_batch_1.bin"
+    cp data/cifar10-sample/test_batch.bin "$data/test_batch.bin"
+    cp data/cifar10-sample/test_batch.bin "$data/data_batch_1.bin"
     echo "gpu-check: DRY RUN on the CPU ($bin, --device cpu, a tiny model): tests this script, measures nothing"
   else
     bin=$G/igpt dev=cuda

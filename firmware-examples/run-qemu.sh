@@ -5,7 +5,7 @@
 #   bash firmware-examples/run-qemu.sh            # from the repository root
 #
 # Needs: the pinned Rust toolchain with thumbv7em-none-eabihf, the Fashion-MNIST package
-# (/usr/share/datasets/fashion-mnist) and ../shared/data/cifar10-sample. Installs QEMU 7.2
+# (/usr/share/datasets/fashion-mnist) and data/cifar10-sample. Installs QEMU 7.2
 # into $IGPT_QEMU_DIR (default ~/.cache/igpt-qemu) when qemu-system-arm is not on PATH.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -37,7 +37,7 @@ qemu-system-arm --version | head -1
 cargo build -q -p igpt || exit 1
 igpt="$root/target/debug/igpt"
 fm=/usr/share/datasets/fashion-mnist
-cifar="$root/../shared/data/cifar10-sample"
+cifar="$root/data/cifar10-sample"
 
 # run NAME DIR: build and run one firmware under QEMU with a time limit.
 run() {

@@ -28,8 +28,9 @@ fn fails(args: &[&str], needles: &[&str]) -> String {
     lines[0].to_string()
 }
 
-fn shared() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared")
+/// The repository root.
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
 fn s(p: &Path) -> &str {
@@ -54,7 +55,7 @@ fn fit_show_tokenize_on_real_images() {
     let dir = tempfile::tempdir().unwrap();
     let pal = dir.path().join("pal.bin");
     let swatch = dir.path().join("swatch.png");
-    let cifar = shared().join("data/cifar10-sample");
+    let cifar = repo().join("data/cifar10-sample");
     let out = igpt(&[
         "palette",
         "fit",
@@ -98,7 +99,7 @@ fn fit_show_tokenize_on_real_images() {
     assert_eq!(image::open(&shown).unwrap().width(), 64);
 
     // Tokenize two photos of different sizes at 8x8, in the order given.
-    let photos = shared().join("data/photos");
+    let photos = repo().join("data/photos");
     let a = photos.join("chelsea.png");
     let b = photos.join("coffee.png");
     let preview = dir.path().join("preview.png");
@@ -207,7 +208,7 @@ fn missing_paths() {
 #[test]
 fn truncated_cifar_record() {
     let dir = tempfile::tempdir().unwrap();
-    let raw = std::fs::read(shared().join("data/cifar10-sample/test_batch.bin")).unwrap();
+    let raw = std::fs::read(repo().join("data/cifar10-sample/test_batch.bin")).unwrap();
     let f = dir.path().join("test_batch.bin");
     std::fs::write(&f, &raw[..2 * 3073 - 100]).unwrap();
     fails(
@@ -377,7 +378,7 @@ fn bad_arguments() {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    shared().join("fixtures/hf-imagegpt").join(name)
+    repo().join("tests/fixtures/hf-imagegpt").join(name)
 }
 
 #[test]
@@ -485,7 +486,7 @@ fn import_hf_and_refuse_biases() {
 fn cifar_and_palette(dir: &Path, k: &str, side: &str) -> (PathBuf, PathBuf) {
     let data = dir.join("cifar");
     std::fs::create_dir(&data).unwrap();
-    let src = shared().join("data/cifar10-sample/test_batch.bin");
+    let src = repo().join("data/cifar10-sample/test_batch.bin");
     std::fs::copy(&src, data.join("data_batch_1.bin")).unwrap();
     std::fs::copy(&src, data.join("test_batch.bin")).unwrap();
     let pal = dir.join("p.pal");
@@ -881,7 +882,7 @@ fn demo_quick_runs_end_to_end_on_the_embedded_subset() {
 
 #[test]
 fn bench_parity_on_the_cpu_passes_and_bad_folders_fail() {
-    let fixtures = shared().join("fixtures/hf-imagegpt");
+    let fixtures = repo().join("tests/fixtures/hf-imagegpt");
     let r = igpt(&[
         "bench",
         "parity",

@@ -2,7 +2,7 @@
 //! reading safetensors tensors by name.
 //!
 //! The HuggingFace ImageGPT fixtures are found in the folder named by `IGPT_HF_FIXTURES`,
-//! by default `shared/fixtures/hf-imagegpt` beside the repository. Every `*.safetensors`
+//! by default `tests/fixtures/hf-imagegpt` in the repository. Every `*.safetensors`
 //! file there that holds the tensors a test needs is a case; a test fails when it finds
 //! none, so an empty or misplaced fixture folder can never pass.
 
@@ -18,16 +18,16 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// `shared/` beside the repository (CI lays a copy there; so does a session).
-pub fn shared_dir() -> PathBuf {
-    repo_root().join("../shared")
+/// The repository's `data/` folder (the demo subset, the CIFAR-10 sample, photos).
+pub fn data_dir() -> PathBuf {
+    repo_root().join("data")
 }
 
-/// The fixture folder: `$IGPT_HF_FIXTURES`, or `shared/fixtures/hf-imagegpt`.
+/// The fixture folder: `$IGPT_HF_FIXTURES`, or `tests/fixtures/hf-imagegpt`.
 pub fn fixture_dir() -> PathBuf {
     match std::env::var_os("IGPT_HF_FIXTURES") {
         Some(p) => PathBuf::from(p),
-        None => shared_dir().join("fixtures/hf-imagegpt"),
+        None => repo_root().join("tests/fixtures/hf-imagegpt"),
     }
 }
 

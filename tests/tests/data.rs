@@ -2,11 +2,11 @@
 
 use igpt::data::palette::{self, FitOptions};
 use igpt::data::{self, Split};
-use igpt_tests::{in_ci, shared_dir};
+use igpt_tests::{data_dir, in_ci};
 use std::path::Path;
 
 fn cifar_dir() -> std::path::PathBuf {
-    shared_dir().join("data/cifar10-sample")
+    data_dir().join("cifar10-sample")
 }
 
 #[test]

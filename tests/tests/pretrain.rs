@@ -8,12 +8,12 @@ use igpt::nn::Objective;
 use igpt::train::pretrain::{self, PretrainConfig};
 use igpt::train::AdamConfig;
 use igpt_core::{Config, Palette};
-use igpt_tests::{in_ci, shared_dir};
+use igpt_tests::{data_dir, in_ci};
 use std::path::{Path, PathBuf};
 
 /// A CIFAR-10 folder with the 20 sample images as both train and test batch.
 fn cifar_folder(dir: &Path) -> PathBuf {
-    let src = shared_dir().join("data/cifar10-sample/test_batch.bin");
+    let src = data_dir().join("cifar10-sample/test_batch.bin");
     let d = dir.join("cifar");
     std::fs::create_dir_all(&d).unwrap();
     std::fs::copy(&src, d.join("data_batch_1.bin")).unwrap();

@@ -73,7 +73,7 @@ pub struct BenchInferArgs {
 #[derive(clap::Args)]
 pub struct BenchParityArgs {
     /// HF ImageGPT fixture folder (every case with input_ids and expected outputs).
-    #[arg(long, default_value = "../shared/fixtures/hf-imagegpt")]
+    #[arg(long, default_value = "tests/fixtures/hf-imagegpt")]
     pub fixtures: PathBuf,
     /// The device checked against the fixtures and the CPU reference path.
     #[arg(long, value_enum, default_value = "cpu")]

@@ -1,7 +1,7 @@
 //! The float iGPT on dfdx: parameters, initialisation and the forward pass.
 //!
 //! The math is exactly the original iGPT's (and HuggingFace ImageGPT's, see
-//! `shared/fixtures/hf-imagegpt/README.md`): RMS norm with a gain and no mean subtraction
+//! `tests/fixtures/hf-imagegpt/README.md`): RMS norm with a gain and no mean subtraction
 //! (eps 1e-5 inside the square root), no biases anywhere, separate q/k/v projections,
 //! softmax(q·kᵀ/√hd) with a causal mask (AR) or none (BERT), MLP of width 4·d with
 //! quick_gelu `x·σ(1.702x)`, pre-norm residual blocks, a final norm and an untied head of
