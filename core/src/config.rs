@@ -13,6 +13,10 @@ pub const MAX_VOCAB: usize = 512;
 pub const MAX_SIDE: usize = 64;
 /// Largest sequence length, `MAX_SIDE²`.
 pub const MAX_SEQ_LEN: usize = MAX_SIDE * MAX_SIDE;
+/// Largest model width (iGPT-XL is 3072 wide); bounds every size computed from a shape.
+pub const MAX_WIDTH: usize = 16384;
+/// Largest number of layers (iGPT-XL has 60).
+pub const MAX_LAYERS: usize = 1024;
 
 /// The shape of an iGPT model. Build one with [`Config::new`] (validated) or
 /// [`Config::preset`]; a hand-built value should go through [`Config::validate`].
@@ -141,10 +145,10 @@ impl Config {
         if self.side == 0 || self.side > MAX_SIDE {
             return Err(Error::BadSide(self.side));
         }
-        if self.width == 0 {
+        if self.width == 0 || self.width > MAX_WIDTH {
             return Err(Error::BadWidth(self.width));
         }
-        if self.heads == 0 {
+        if self.heads == 0 || self.heads > self.width {
             return Err(Error::BadHeads(self.heads));
         }
         if !self.width.is_multiple_of(self.heads) {
@@ -153,7 +157,7 @@ impl Config {
                 heads: self.heads,
             });
         }
-        if self.layers == 0 {
+        if self.layers == 0 || self.layers > MAX_LAYERS {
             return Err(Error::BadLayers(self.layers));
         }
         Ok(())

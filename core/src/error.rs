@@ -11,9 +11,9 @@ pub enum Error {
     BadVocab(usize),
     /// The image side is 0 or its square exceeds [`crate::config::MAX_SEQ_LEN`].
     BadSide(usize),
-    /// The model width is 0.
+    /// The model width is 0 or above [`crate::config::MAX_WIDTH`].
     BadWidth(usize),
-    /// The number of heads is 0.
+    /// The number of heads is 0 or above the width.
     BadHeads(usize),
     /// The width is not divisible by the number of heads.
     WidthNotDivisible {
@@ -22,7 +22,7 @@ pub enum Error {
         /// Number of heads.
         heads: usize,
     },
-    /// The number of layers is 0.
+    /// The number of layers is 0 or above [`crate::config::MAX_LAYERS`].
     BadLayers(usize),
     /// A palette has a channel count other than 1 (grey) or 3 (RGB).
     BadChannels(usize),
@@ -99,6 +99,10 @@ pub enum Error {
     },
     /// KV-cached sampling needs a causal (AR) model.
     NotCausal,
+    /// A float the math needs finite (a scale, a gain, a probe value) is NaN or infinite,
+    /// or a standard deviation is not positive: the file's checksum is valid, its
+    /// contents are not.
+    NonFinite(&'static str),
 }
 
 /// `core::result::Result` with [`Error`].
@@ -113,12 +117,20 @@ impl fmt::Display for Error {
                 "image side {s} is out of range (1..={})",
                 crate::config::MAX_SIDE
             ),
-            Error::BadWidth(d) => write!(f, "model width {d} must be positive"),
-            Error::BadHeads(h) => write!(f, "number of heads {h} must be positive"),
+            Error::BadWidth(d) => write!(
+                f,
+                "model width {d} is out of range (1..={})",
+                crate::config::MAX_WIDTH
+            ),
+            Error::BadHeads(h) => write!(f, "number of heads {h} must be in 1..=width"),
             Error::WidthNotDivisible { width, heads } => {
                 write!(f, "width {width} is not divisible by {heads} heads")
             }
-            Error::BadLayers(l) => write!(f, "number of layers {l} must be positive"),
+            Error::BadLayers(l) => write!(
+                f,
+                "number of layers {l} is out of range (1..={})",
+                crate::config::MAX_LAYERS
+            ),
             Error::BadChannels(c) => {
                 write!(f, "{c} colour channels: a palette has 1 (grey) or 3 (RGB)")
             }
@@ -175,6 +187,10 @@ impl fmt::Display for Error {
             Error::NotCausal => write!(
                 f,
                 "the model is bidirectional (BERT): next-token sampling needs an AR model"
+            ),
+            Error::NonFinite(what) => write!(
+                f,
+                "model file holds a non-finite or invalid number in {what} (its checksum is valid: it was written that way)"
             ),
         }
     }

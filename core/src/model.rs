@@ -28,6 +28,53 @@ pub const NORM_EPS: f32 = 1e-5;
 /// quick_gelu's sigmoid slope.
 pub const QUICK_GELU: f32 = 1.702;
 
+/// Every f32 the forward pass reads, checked: matrix scales finite and non-negative,
+/// norm gains finite, probe mean/weight/bias finite and standard deviations positive.
+fn check_finite(
+    w: &Weights<'_>,
+    probe: Option<&format::ProbeRecord<'_>>,
+    stored: usize,
+) -> Result<()> {
+    fn all(b: &[u8], ok: impl Fn(f32) -> bool) -> bool {
+        (0..b.len() / 4).all(|i| ok(f32_at(b, i)))
+    }
+    let finite = |x: f32| x.is_finite();
+    let scale = |x: f32| x.is_finite() && x >= 0.0;
+    let mats = |m: &crate::weights::QMat<'_>| all(m.scales, scale);
+    if !mats(&w.wte()?) || !mats(&w.wpe()?) {
+        return Err(Error::NonFinite("the embeddings' scales"));
+    }
+    for l in 0..stored {
+        let b = w.block(l)?;
+        if !(all(b.ln_1, finite) && all(b.ln_2, finite)) {
+            return Err(Error::NonFinite("a block's norm gains"));
+        }
+        if ![&b.q, &b.k, &b.v, &b.c_proj, &b.c_fc, &b.mlp_proj]
+            .into_iter()
+            .all(mats)
+        {
+            return Err(Error::NonFinite("a block's matrix scales"));
+        }
+    }
+    if !all(w.feature_norm(stored)?, finite) {
+        return Err(Error::NonFinite("the final norm gain"));
+    }
+    if let Ok((_, head)) = w.head() {
+        if !mats(&head) {
+            return Err(Error::NonFinite("the next-token head's scales"));
+        }
+    }
+    if let Some(p) = probe {
+        if !(all(p.mean, finite) && all(p.weight, finite) && all(p.bias, finite)) {
+            return Err(Error::NonFinite("the probe head"));
+        }
+        if !all(p.std, |x| x.is_finite() && x > 0.0) {
+            return Err(Error::NonFinite("the probe's standard deviations"));
+        }
+    }
+    Ok(())
+}
+
 /// A parsed int8 model: a view of the file's bytes.
 #[derive(Debug, Clone)]
 pub struct Model<'a> {
@@ -82,6 +129,7 @@ impl<'a> Model<'a> {
         let stored = h.stored_layers as usize;
         let palette = Palette::new(h.palette.channels as usize, h.palette.centres)?;
         let weights = Weights::new(h.tensors, config, stored, stored == config.layers)?;
+        check_finite(&weights, h.probe.as_ref(), stored)?;
         Ok(Model {
             config,
             stored,

@@ -72,7 +72,7 @@ pub struct DemoSummary {
 /// kept) and redoes the rest.
 pub fn run(cfg: &DemoConfig, show: bool) -> Result<DemoSummary> {
     let out = &cfg.out;
-    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    claim_folder(cfg)?;
     let data = match &cfg.data {
         Some(d) => d.clone(),
         None => {
@@ -89,7 +89,7 @@ pub fn run(cfg: &DemoConfig, show: bool) -> Result<DemoSummary> {
     let limit = if cfg.quick { (600, 200) } else { (0, 0) };
     let say = |s: String| {
         if show {
-            eprintln!("demo: {s}");
+            crate::progress::message(format!("demo: {s}"));
         }
     };
 
@@ -221,6 +221,46 @@ pub fn run(cfg: &DemoConfig, show: bool) -> Result<DemoSummary> {
     };
     write_summary(out, &summary, ev.f32_accuracy.unwrap_or(f64::NAN))?;
     Ok(summary)
+}
+
+/// What `demo.json` records of a demo folder's arguments.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct DemoMarker {
+    quick: bool,
+    data: Option<PathBuf>,
+}
+
+/// Makes `cfg.out` this demo's folder before anything is written into it: a new or empty
+/// folder gets `demo.json`; a folder of a demo with the same arguments is reused
+/// (re-running resumes); any other non-empty folder is refused, untouched.
+fn claim_folder(cfg: &DemoConfig) -> Result<()> {
+    let out = &cfg.out;
+    let marker_path = out.join("demo.json");
+    let this = DemoMarker {
+        quick: cfg.quick,
+        data: cfg.data.as_deref().map(crate::io::meta::canonical),
+    };
+    let non_empty = std::fs::read_dir(out).is_ok_and(|mut d| d.next().is_some());
+    if non_empty {
+        let saved: Option<DemoMarker> = std::fs::read(&marker_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        match saved {
+            Some(m) if m == this => return Ok(()),
+            Some(m) => anyhow::bail!(
+                "{}: a demo folder made with other arguments (--quick {}, --data {}); choose another --out",
+                out.display(),
+                m.quick,
+                m.data.as_ref().map_or("(embedded subset)".to_string(), |d| d.display().to_string())
+            ),
+            None => anyhow::bail!(
+                "{}: not empty and not a demo folder (no demo.json); choose another --out",
+                out.display()
+            ),
+        }
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    crate::io::write_atomic(&marker_path, serde_json::to_string(&this)?.as_bytes())
 }
 
 fn best(layers: &[(usize, probe::LayerResult)]) -> Option<(usize, f64)> {

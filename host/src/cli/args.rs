@@ -54,6 +54,16 @@ impl ModelArgs {
     }
 }
 
+/// [`ModelArgs::config`] for a model that will be allocated: its weights must fit in
+/// the memory available.
+pub fn allocatable(c: Config) -> Result<Config> {
+    igpt::io::ensure_memory(
+        igpt::nn::memory::weight_bytes(&c),
+        "choose a smaller model (--width, --layers)",
+    )?;
+    Ok(c)
+}
+
 /// Sets the worker-thread count of the global pool (`--threads`): 1 to 4x this machine's
 /// cores (more only slows every parallel loop down).
 pub fn set_threads(threads: Option<usize>) -> Result<()> {

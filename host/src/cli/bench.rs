@@ -153,6 +153,15 @@ pub fn train_cmd(a: BenchTrainArgs) -> Result<()> {
         model.vocab = model.vocab.or(Some(512));
     }
     let c = model.config(Preset::Test)?;
+    ensure!(
+        (1..=igpt::io::meta::MAX_BATCH).contains(&a.batch) && (1..=100_000).contains(&a.steps),
+        "--batch must be in 1..={} and --steps in 1..=100000",
+        igpt::io::meta::MAX_BATCH
+    );
+    igpt::io::ensure_memory(
+        igpt::nn::memory::training_bytes(&c, a.batch),
+        "lower --batch",
+    )?;
     let tps = igpt::on_device!(a.device, 0, |dev| pretrain::bench_train(
         &dev,
         c,

@@ -149,6 +149,32 @@ pub fn probe_cmd(a: ProbeArgs) -> Result<()> {
 }
 
 pub fn sample_cmd(a: SampleArgs) -> Result<()> {
+    igpt::io::guard::ensure_distinct(
+        [&a.out],
+        [&a.checkpoint]
+            .into_iter()
+            .chain(&a.complete)
+            .chain(a.data.as_ref()),
+    )?;
+    ensure!(
+        a.temperature.is_finite() && (0.0..=100.0).contains(&a.temperature),
+        "--temperature {} is out of range (0..=100; 0: greedy)",
+        a.temperature
+    );
+    ensure!(
+        (1..=4096).contains(&a.n),
+        "--n {} is out of range (1..=4096)",
+        a.n
+    );
+    ensure!(
+        (1..=256).contains(&a.completions),
+        "--completions {} is out of range (1..=256)",
+        a.completions
+    );
+    ensure!(
+        a.complete_test <= 4096 && a.complete.len() <= 4096,
+        "at most 4096 images to complete"
+    );
     let ck = Checkpoint::load(&a.checkpoint)?;
     let pal = ck.palette_or_err(&a.checkpoint)?;
     if ck.objective() == Objective::Bert {

@@ -70,6 +70,10 @@ pub struct EvalArgs {
 }
 
 pub fn export_cmd(a: ExportArgs) -> Result<()> {
+    igpt::io::guard::ensure_distinct(
+        [&a.out],
+        [&a.checkpoint].into_iter().chain(a.probe.as_ref()),
+    )?;
     let ck = Checkpoint::load(&a.checkpoint)?;
     let head = match &a.probe {
         Some(p) => Some(igpt::int8::export::ProbeHead::load(p, ck.config.width)?),
@@ -124,6 +128,11 @@ pub fn vectors_cmd(a: VectorsArgs) -> Result<()> {
 pub fn classify_cmd(a: ClassifyArgs) -> Result<()> {
     let bytes = igpt::int8::export::read_model(&a.model)?;
     let model = igpt_core::Model::parse(&bytes)?;
+    ensure!(
+        model.probe().is_some(),
+        "{}: the model file has no probe head; export it with `igpt export --probe probe-head.json`",
+        a.model.display()
+    );
     let c = *model.config();
     let mut buf = igpt::int8::run::Buffers::new(&c);
     let packed = igpt::int8::kernels::Packed::new(&model)?;
@@ -149,8 +158,29 @@ pub fn eval_cmd(a: EvalArgs) -> Result<()> {
     set_threads(a.threads)?;
     let bytes = igpt::int8::export::read_model(&a.model)?;
     let model = igpt_core::Model::parse(&bytes)?;
+    ensure!(
+        model.probe().is_some(),
+        "{}: the model file has no probe head; export it with `igpt export --probe probe-head.json`",
+        a.model.display()
+    );
+    ensure!(
+        a.nll_images <= 100_000,
+        "--nll-images {} is out of range (0..=100000)",
+        a.nll_images
+    );
     let ck = match &a.checkpoint {
-        Some(p) => Some(Checkpoint::load(p)?),
+        Some(p) => {
+            let ck = Checkpoint::load(p)?;
+            ensure!(
+                ck.config == *model.config(),
+                "{}: the checkpoint's shape ({:?}) differs from {}'s ({:?}); pass the checkpoint it was exported from",
+                p.display(),
+                ck.config,
+                a.model.display(),
+                model.config()
+            );
+            Some(ck)
+        }
         None => None,
     };
     let r = igpt::int8::run::eval(&model, &a.data, ck.as_ref(), a.limit, a.nll_images, true)?;

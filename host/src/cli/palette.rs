@@ -9,6 +9,7 @@ pub fn run(cmd: PaletteCmd) -> Result<()> {
     match cmd {
         PaletteCmd::Fit(a) => palette_fit(a),
         PaletteCmd::Import(a) => {
+            igpt::io::guard::ensure_distinct([&a.out], [&a.npy])?;
             let p = palette::import_npy(&a.npy)?;
             palette::save(&a.out, &p)?;
             println!(
@@ -20,9 +21,10 @@ pub fn run(cmd: PaletteCmd) -> Result<()> {
             Ok(())
         }
         PaletteCmd::Show(a) => {
+            igpt::io::guard::ensure_distinct([&a.out], [&a.palette])?;
             ensure!(
-                a.cols > 0 && a.cell > 0,
-                "--cols and --cell must be positive"
+                (1..=512).contains(&a.cols) && (1..=256).contains(&a.cell),
+                "--cols must be in 1..=512 and --cell in 1..=256"
             );
             let p = palette::load(&a.palette)?;
             palette::write_swatch(&a.out, &p, a.cols, a.cell)?;
@@ -36,7 +38,16 @@ pub fn run(cmd: PaletteCmd) -> Result<()> {
             Ok(())
         }
         PaletteCmd::Grid(a) => {
-            ensure!((1..=256).contains(&a.levels), "--levels must be in 1..=256");
+            ensure!(
+                a.channels == 1 || a.channels == 3,
+                "--channels {}: a palette has 1 or 3",
+                a.channels
+            );
+            ensure!(
+                (1..=256).contains(&a.levels) && a.levels.pow(a.channels as u32) <= 512,
+                "--levels {}: levels^channels must be at most 512 colours (--levels at most 512 grey, 8 RGB)",
+                a.levels
+            );
             let p = palette::uniform_grid(a.channels, a.levels)?;
             palette::save(&a.out, &p)?;
             println!(
@@ -147,7 +158,22 @@ pub fn check_side(side: Option<usize>) -> Result<()> {
 
 pub fn palette_fit(a: FitArgs) -> Result<()> {
     check_side(a.side)?;
-    ensure!(a.sample > 0, "--sample must be positive");
+    igpt::io::guard::ensure_distinct([&a.out].into_iter().chain(a.swatch.as_ref()), [&a.data])?;
+    ensure!(
+        (1..=100_000_000).contains(&a.sample),
+        "--sample {} is out of range (1..=100000000)",
+        a.sample
+    );
+    ensure!(
+        (1..=512).contains(&a.k),
+        "--k {} is out of range (1..=512)",
+        a.k
+    );
+    ensure!(
+        (1..=10_000).contains(&a.iters),
+        "--iters {} is out of range (1..=10000)",
+        a.iters
+    );
     let ds = data::load(&a.data, a.split, a.side)?;
     let channels = a.channels.unwrap_or(ds.channels);
     ensure!(

@@ -272,6 +272,12 @@ pub fn finetune_cmd(a: FinetuneArgs) -> Result<()> {
 }
 
 pub fn import_hf_cmd(a: ImportHfArgs) -> Result<()> {
+    igpt::io::guard::ensure_distinct(
+        [&a.out],
+        [&a.config, &a.weights]
+            .into_iter()
+            .chain(a.palette.as_ref()),
+    )?;
     let mut ck = igpt::io::hf::import_files(&a.config, &a.weights)?;
     if let Some(p) = &a.palette {
         let pal = palette::load(p)?;
@@ -304,10 +310,14 @@ pub fn import_hf_cmd(a: ImportHfArgs) -> Result<()> {
 }
 
 pub fn init_cmd(a: InitArgs) -> Result<()> {
+    igpt::io::guard::ensure_distinct(
+        [&a.out].into_iter().chain(a.probe_head.as_ref()),
+        [&a.palette],
+    )?;
     let pal = palette::load(&a.palette)?;
     let mut model = a.model.clone();
     model.vocab = Some(pal.len());
-    let c = model.config(Preset::Fw)?;
+    let c = super::args::allocatable(model.config(Preset::Fw)?)?;
     let dev = dfdx::prelude::Cpu::default();
     let gpt: igpt::nn::Gpt<f32, _> = igpt::nn::Gpt::init(&dev, c, None, a.seed);
     let ck = Checkpoint::from_model(&gpt, Some(pal));

@@ -337,10 +337,29 @@ fn load_dir(dir: &Path, split: Split, side: Option<usize>) -> Result<Dataset> {
         })?;
         return load_idx(&images, &labels);
     }
-    // Image folders.
+    // Image folders. With train/ and test/, both splits take their labels from one class
+    // list: the train split's class folders (a test folder may lack some; one that the
+    // train split lacks is an error).
     let sub = dir.join(split_name(split));
-    let root = if sub.is_dir() { sub } else { dir.to_path_buf() };
-    load_image_folder(&root, side)
+    if !sub.is_dir() {
+        return load_image_folder(dir, side, None);
+    }
+    let train = dir.join("train");
+    let classes = if train.is_dir() {
+        Some(class_folders(&train)?)
+    } else {
+        None
+    };
+    load_image_folder(&sub, side, classes.as_deref())
+}
+
+/// The class folder names of an image-folder split, sorted.
+fn class_folders(root: &Path) -> Result<Vec<String>> {
+    Ok(read_dir_sorted(root)?
+        .into_iter()
+        .filter(|p| p.is_dir())
+        .map(|p| file_name(&p))
+        .collect())
 }
 
 fn split_name(split: Split) -> &'static str {
@@ -431,16 +450,50 @@ pub fn load_cifar(files: &[PathBuf]) -> Result<Dataset> {
 }
 
 /// Reads a file, un-gzipping it when it starts with the gzip magic.
+/// Reads an IDX file, gzip-compressed or not, reading no more than its header's
+/// dimensions promise (a gzip member that inflates past them, or past the memory this
+/// machine has, is an error before it is inflated).
 fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
-    let raw = crate::io::read(path)?;
-    if raw.starts_with(&[0x1f, 0x8b]) {
-        let mut out = Vec::new();
-        flate2::read::MultiGzDecoder::new(&raw[..])
+    let mut f =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let mut magic = [0u8; 2];
+    let n = f
+        .read(&mut magic)
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    drop(f);
+    if n == 2 && magic == [0x1f, 0x8b] {
+        let raw = crate::io::read(path)?;
+        let mut dec = flate2::read::MultiGzDecoder::new(&raw[..]);
+        let corrupt =
+            |e: std::io::Error| anyhow::anyhow!("{}: corrupt gzip data ({e})", path.display());
+        // The IDX header: 4 bytes (type, dimension count), then 4 bytes per dimension.
+        let mut head = vec![0u8; 4];
+        dec.read_exact(&mut head).map_err(corrupt)?;
+        let dims = head[3] as usize;
+        let mut d = vec![0u8; 4 * dims];
+        dec.read_exact(&mut d).map_err(corrupt)?;
+        head.extend_from_slice(&d);
+        let body = d
+            .chunks_exact(4)
+            .try_fold(1u64, |a, c| {
+                a.checked_mul(u32::from_be_bytes([c[0], c[1], c[2], c[3]]) as u64)
+            })
+            .with_context(|| format!("{}: IDX dimensions overflow", path.display()))?;
+        let limit = crate::io::available_memory() / 2;
+        ensure!(
+            body <= limit,
+            "{}: the IDX header promises {body} bytes, more than half this machine's available memory ({limit} bytes)",
+            path.display()
+        );
+        let mut out = head;
+        (&mut dec)
+            .take(body + 1)
             .read_to_end(&mut out)
-            .with_context(|| format!("{}: corrupt gzip data", path.display()))?;
+            .map_err(corrupt)?;
+        // parse_idx checks the length; one byte past the promise means trailing data.
         Ok(out)
     } else {
-        Ok(raw)
+        crate::io::read(path)
     }
 }
 
@@ -530,11 +583,52 @@ pub struct Image {
     pub rgb: Vec<u8>,
 }
 
-/// Reads an image file (any format the `image` crate decodes here) as RGB.
+/// Largest image a command reads: 16384 x 16384 pixels (1 GiB of RGBA at most).
+pub const MAX_IMAGE_SIDE: u32 = 16384;
+
+/// Reads an image file (any format the `image` crate decodes here) as RGB. A file cut
+/// short is an error (the decoders' partial images are refused), and so are dimensions
+/// over [`MAX_IMAGE_SIDE`] (checked before decoding).
 pub fn read_image(path: &Path) -> Result<Image> {
     let bytes = crate::io::read(path)?;
-    let img = image::load_from_memory(&bytes)
-        .with_context(|| format!("{}: not a readable image", path.display()))?;
+    let what = || format!("{}: not a readable image", path.display());
+    let reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
+        .with_guessed_format()
+        .with_context(what)?;
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(1 << 30);
+    let mut reader = reader;
+    // The JPEG decoder fills a file cut short with grey instead of failing: a JPEG is
+    // complete only when it ends with its end-of-image marker (trailing zero padding
+    // allowed).
+    if reader.format() == Some(image::ImageFormat::Jpeg) {
+        let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        ensure!(
+            end >= 2 && bytes[end - 2..end] == [0xff, 0xd9],
+            "{}: the JPEG data ends before its end-of-image marker (the file is cut short)",
+            path.display()
+        );
+    }
+    // Likewise a PNG must end with its IEND chunk and a GIF with its trailer byte.
+    const IEND: [u8; 12] = [0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xae, 0x42, 0x60, 0x82];
+    if reader.format() == Some(image::ImageFormat::Png) {
+        ensure!(
+            bytes.ends_with(&IEND),
+            "{}: the PNG data ends before its IEND chunk (the file is cut short)",
+            path.display()
+        );
+    }
+    if reader.format() == Some(image::ImageFormat::Gif) {
+        ensure!(
+            bytes.last() == Some(&0x3b),
+            "{}: the GIF data ends before its trailer (the file is cut short)",
+            path.display()
+        );
+    }
+    reader.limits(limits);
+    let img = reader.decode().with_context(what)?;
     let rgb = img.to_rgb8();
     Ok(Image {
         width: rgb.width() as usize,
@@ -545,15 +639,36 @@ pub fn read_image(path: &Path) -> Result<Image> {
 
 /// Loads a folder of class subfolders (sorted by name; hidden files skipped). Without
 /// `side` every image must have the size of the first; with it each is centre-cropped and
-/// area-resized as it is read.
-pub fn load_image_folder(root: &Path, side: Option<usize>) -> Result<Dataset> {
-    let mut classes = Vec::new();
+/// area-resized as it is read. With `classes` (the class list of the whole dataset) the
+/// labels are indices into it, and a subfolder not in it is an error.
+pub fn load_image_folder(
+    root: &Path,
+    side: Option<usize>,
+    classes: Option<&[String]>,
+) -> Result<Dataset> {
+    let mut found = Vec::new();
     let mut pixels = Vec::new();
     let mut labels = Vec::new();
     let mut size: Option<(usize, usize, PathBuf)> = None;
     for class_dir in read_dir_sorted(root)?.into_iter().filter(|p| p.is_dir()) {
-        let label = classes.len() as u16;
-        classes.push(file_name(&class_dir));
+        let name = file_name(&class_dir);
+        let label = match classes {
+            Some(list) => list.iter().position(|c| *c == name).with_context(|| {
+                format!(
+                    "{}: class folder `{name}` is not a class of the train split ({})",
+                    class_dir.display(),
+                    list.join(", ")
+                )
+            })?,
+            None => found.len(),
+        };
+        anyhow::ensure!(
+            label < u16::MAX as usize,
+            "{}: too many class folders",
+            root.display()
+        );
+        let label = label as u16;
+        found.push(name);
         for file in read_dir_sorted(&class_dir)? {
             if file.is_dir() {
                 continue;
@@ -580,10 +695,11 @@ pub fn load_image_folder(root: &Path, side: Option<usize>) -> Result<Dataset> {
         }
     }
     ensure!(
-        !classes.is_empty(),
+        !found.is_empty(),
         "{}: no dataset found (expected CIFAR-10 .bin batches, IDX files, or one subfolder of images per class)",
         root.display()
     );
+    let classes = classes.map_or(found, |c| c.to_vec());
     let (width, height) = match (side, &size) {
         (Some(s), _) => (s, s),
         (None, Some((w, h, _))) => (*w, *h),
@@ -630,5 +746,42 @@ mod tests {
             assert_eq!(convert_channels(&[v, v, v], 3, 1).unwrap(), vec![v]);
         }
         assert!(convert_channels(&[1, 2], 2, 1).is_err());
+    }
+}
+
+#[cfg(test)]
+mod image_tests {
+    use super::*;
+
+    #[test]
+    fn a_truncated_image_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let img = image::RgbImage::from_fn(64, 48, |x, y| {
+            image::Rgb([(x * 4) as u8, (y * 5) as u8, 77])
+        });
+        for ext in ["jpg", "png", "bmp", "gif", "tiff", "webp"] {
+            let full = dir.path().join(format!("full.{ext}"));
+            img.save(&full).unwrap();
+            assert!(read_image(&full).is_ok(), "{ext}");
+            let bytes = std::fs::read(&full).unwrap();
+            let half = dir.path().join(format!("half.{ext}"));
+            std::fs::write(&half, &bytes[..bytes.len() / 2]).unwrap();
+            for cut in [
+                bytes.len() / 4,
+                bytes.len() / 2,
+                bytes.len() * 3 / 4,
+                bytes.len() - 2,
+            ] {
+                std::fs::write(&half, &bytes[..cut]).unwrap();
+                let r = read_image(&half);
+                assert!(
+                    r.is_err(),
+                    "{ext}: a file cut at {cut} of {} decoded",
+                    bytes.len()
+                );
+                let e = format!("{:#}", r.err().unwrap());
+                assert!(e.contains("half."), "{e}");
+            }
+        }
     }
 }

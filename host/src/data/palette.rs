@@ -16,7 +16,8 @@ use std::path::Path;
 
 /// Reads and verifies a palette file.
 pub fn load(path: &Path) -> Result<Palette> {
-    let bytes = crate::io::read(path)?;
+    // A palette file is at most 512 x 3 bytes plus a small header.
+    let bytes = crate::io::read_limited(path, 4096)?;
     Palette::from_bytes(&bytes).with_context(|| format!("{}: bad palette file", path.display()))
 }
 
@@ -262,7 +263,8 @@ pub fn uniform_grid(channels: usize, levels: usize) -> Result<Palette> {
 /// Reads OpenAI's `kmeans_centers.npy` (k x 3 floats in [-1, 1], `<f4` or `<f8`, C
 /// order; k x 1 for grey): colour = round(127.5 * (c + 1)), clamped to 0..=255.
 pub fn import_npy(path: &Path) -> Result<Palette> {
-    let bytes = crate::io::read(path)?;
+    // 512 x 3 float64 values and a header: a few tens of KB.
+    let bytes = crate::io::read_limited(path, 1 << 20)?;
     let bad = |what: &str| anyhow::anyhow!("{}: not a palette .npy: {what}", path.display());
     if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
         return Err(bad("missing the NUMPY magic"));
@@ -353,6 +355,14 @@ pub fn import_npy(path: &Path) -> Result<Palette> {
 /// Writes a swatch PNG: one `cell`x`cell` square per colour, `cols` to a row, in token
 /// order (token 0 top left).
 pub fn write_swatch(path: &Path, palette: &Palette, cols: usize, cell: usize) -> Result<()> {
+    anyhow::ensure!(
+        (1..=512).contains(&cols),
+        "--cols {cols} is out of range (1..=512)"
+    );
+    anyhow::ensure!(
+        (1..=256).contains(&cell),
+        "--cell {cell} is out of range (1..=256)"
+    );
     let k = palette.len();
     let cols = cols.clamp(1, k);
     let rows = k.div_ceil(cols);

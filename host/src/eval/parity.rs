@@ -65,10 +65,11 @@ pub fn fixture_cases(dir: &Path) -> Result<Vec<PathBuf>> {
         if p.extension().and_then(|x| x.to_str()) != Some("safetensors") {
             continue;
         }
-        let bytes = std::fs::read(&p).with_context(|| format!("{}: cannot read", p.display()))?;
-        let Ok(st) = SafeTensors::deserialize(&bytes) else {
-            continue;
-        };
+        let bytes = crate::io::read(&p)?;
+        // A file that is not safetensors (truncated, corrupt) fails the check: skipping
+        // it would report PASS on a fixture that never ran.
+        let st = SafeTensors::deserialize(&bytes)
+            .map_err(|e| anyhow::anyhow!("{}: not a readable fixture ({e})", p.display()))?;
         let names = st.names();
         if ["input_ids", "expected.logits", "expected.hidden_states.0"]
             .iter()

@@ -136,6 +136,10 @@ pub fn generate<R: Rng>(
     let n = c.seq_len();
     let b = prefixes.len();
     check_prefixes(prefixes, n)?;
+    crate::io::ensure_memory(
+        crate::nn::memory::kv_bytes(&c, b),
+        "lower --n or --completions",
+    )?;
     let mut state = KvState::new(&c, b);
     let mut out: Vec<Vec<u16>> = vec![Vec::with_capacity(n); b];
     let mut input = vec![c.sos(); b];

@@ -138,6 +138,28 @@ impl Checkpoint {
         Gpt::from_values(dev, self.config, &values).map_err(|e| anyhow!("checkpoint: {e}"))
     }
 
+    /// A valid checksum proves integrity, not sanity: the math needs finite weights and
+    /// moments, and non-negative second moments.
+    pub fn check_finite(&self) -> Result<()> {
+        let bad = |p: &GptParams<Mat>, ok: fn(f32) -> bool| {
+            p.iter()
+                .find(|(_, m)| !m.data.iter().all(|&x| ok(x)))
+                .map(|(n, _)| n.to_string())
+        };
+        if let Some(n) = bad(&self.params, f32::is_finite) {
+            bail!("{n} holds NaN or infinite values");
+        }
+        if let Some(t) = &self.state {
+            if let Some(n) = bad(&t.m, f32::is_finite) {
+                bail!("optim.m.{n} holds NaN or infinite values");
+            }
+            if let Some(n) = bad(&t.v, |x| x.is_finite() && x >= 0.0) {
+                bail!("optim.v.{n} holds NaN, infinite or negative values");
+            }
+        }
+        Ok(())
+    }
+
     /// The objective the model was pretrained with (AR when not recorded, as for HF
     /// imports: iGPT's released models are AR).
     pub fn objective(&self) -> Objective {
@@ -420,6 +442,7 @@ impl Checkpoint {
         if *stored != computed {
             bail!("checksum mismatch (stored {stored}, computed {computed}): the file is corrupt");
         }
+        ck.check_finite()?;
         Ok(ck)
     }
 }

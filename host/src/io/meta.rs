@@ -179,7 +179,10 @@ impl PretrainArgs {
         self.model
             .validate()
             .map_err(|e| anyhow::anyhow!("invalid model shape: {e}"))?;
-        Ok(())
+        super::ensure_memory(
+            crate::nn::memory::training_bytes(&self.model, self.batch),
+            "lower --batch or the model's size",
+        )
     }
 
     /// The same arguments with the dataset path canonicalised.

@@ -125,9 +125,51 @@ pub fn write_png(
     write_atomic(path, &buf)
 }
 
-/// Reads a whole file, naming it in the error.
+/// Reads a whole file, naming it in the error. A regular file larger than the memory
+/// available is refused before reading; a device or pipe (`/dev/zero`) is read up to
+/// 1 GiB, then refused.
 pub fn read(path: &Path) -> Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))
+    let md = std::fs::metadata(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    anyhow::ensure!(!md.is_dir(), "{}: is a folder, not a file", path.display());
+    if md.is_file() {
+        let avail = available_memory();
+        anyhow::ensure!(
+            md.len() <= avail,
+            "{}: {} bytes, more than the {avail} bytes of memory available",
+            path.display(),
+            md.len()
+        );
+        return std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()));
+    }
+    read_limited(path, 1 << 30)
+}
+
+/// Memory this machine has available now (Linux: `MemAvailable`), or 8 GiB where it
+/// cannot be read: the bound commands check their estimates against.
+pub fn available_memory() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemAvailable:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(8 << 30, |kb| kb * 1024)
+}
+
+/// Fails with one line when `needed` bytes (what a command estimates it will allocate)
+/// exceed the available memory; `fix` says which flag to lower.
+pub fn ensure_memory(needed: u64, fix: &str) -> Result<()> {
+    let avail = available_memory();
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    anyhow::ensure!(
+        needed <= avail,
+        "needs ~{:.1} GiB; at most {:.1} GiB available: {fix}",
+        gib(needed),
+        gib(avail)
+    );
+    Ok(())
 }
 
 /// Reads a whole file of at most `max` bytes; a longer one (or an endless stream such as

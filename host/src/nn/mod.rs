@@ -9,6 +9,7 @@
 pub mod device;
 pub mod kernels;
 pub mod kv;
+pub mod memory;
 pub mod model;
 pub mod params;
 

@@ -281,6 +281,10 @@ pub fn finetune_on<D: ModelDevice>(
         None
     };
     let source = Checkpoint::load(&cfg.checkpoint)?;
+    crate::io::ensure_memory(
+        crate::nn::memory::training_bytes(&source.config, cfg.batch),
+        "lower --batch",
+    )?;
     let palette = source.palette_or_err(&cfg.checkpoint)?;
     let objective = source.objective();
     let causal = objective == Objective::Ar;
