@@ -59,12 +59,54 @@ enum Cmd {
 
 fn main() {
     igpt::io::keep_freed_memory();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse_from(negative_values_attached(std::env::args_os())) {
+        Ok(c) => c,
+        // Help and version go to standard output with exit 0; a bad argument is one error
+        // line (clap's first line, without its usage block) and exit 1, like every error.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let text = e.to_string();
+            let what: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            eprintln!("{} (see --help)", what.join(" "));
+            std::process::exit(1);
+        }
+    };
     if let Err(e) = run(cli.cmd) {
         // One line: the context chain joined with ": ".
         eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
         std::process::exit(1);
     }
+}
+
+/// `--flag -1` as `--flag=-1`: clap would read a negative number after a flag as another
+/// flag ("unexpected argument '-1'"); attached, it reaches the flag's own check, whose
+/// error names the flag.
+fn negative_values_attached(
+    args: impl Iterator<Item = std::ffi::OsString>,
+) -> Vec<std::ffi::OsString> {
+    let mut out: Vec<std::ffi::OsString> = Vec::new();
+    for a in args {
+        let numeric = a
+            .to_str()
+            .is_some_and(|s| s.starts_with('-') && s.len() > 1 && s.parse::<f64>().is_ok());
+        let flag = out
+            .last()
+            .and_then(|p| p.to_str())
+            .is_some_and(|p| p.starts_with("--") && p.len() > 2 && !p.contains('='));
+        match (numeric, flag, out.last_mut()) {
+            (true, true, Some(prev)) => {
+                prev.push("=");
+                prev.push(&a);
+            }
+            _ => out.push(a),
+        }
+    }
+    out
 }
 
 fn run(cmd: Cmd) -> Result<()> {

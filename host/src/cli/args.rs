@@ -49,7 +49,18 @@ impl ModelArgs {
         c.heads = self.heads.unwrap_or(c.heads);
         c.side = self.side.unwrap_or(c.side);
         c.vocab = self.vocab.unwrap_or(c.vocab);
-        c.validate().context("invalid model shape")?;
+        c.validate().map_err(|e| {
+            use igpt_core::Error as E;
+            let flag = match e {
+                E::BadVocab(_) => "--vocab",
+                E::BadSide(_) => "--side",
+                E::BadWidth(_) => "--width",
+                E::BadHeads(_) | E::WidthNotDivisible { .. } => "--heads",
+                E::BadLayers(_) => "--layers",
+                _ => "--preset",
+            };
+            anyhow::anyhow!("{flag}: invalid model shape: {e}")
+        })?;
         Ok(c)
     }
 }

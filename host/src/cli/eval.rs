@@ -112,8 +112,8 @@ pub fn probe_cmd(a: ProbeArgs) -> Result<()> {
         )
     };
     ensure!(
-        !a.l2.is_empty() && a.l2.iter().all(|v| *v >= 0.0),
-        "--l2 needs non-negative values"
+        !a.l2.is_empty() && a.l2.iter().all(|v| v.is_finite() && *v >= 0.0),
+        "--l2 needs finite non-negative values"
     );
     let run = igpt::eval::probe::ProbeRun {
         checkpoint: a.checkpoint,
