@@ -186,9 +186,9 @@ pub fn probe_cmd(a: ProbeArgs) -> Result<()> {
         Some(_) => igpt::on_device!(a.device, 0, |dev| probe::run_spec_on(&dev, &spec, true))?,
         None => probe::run_spec(&spec, true)?,
     };
-    let line = |name: String, r: &probe::LayerResult| {
+    let line = |name: String, r: &probe::LayerResult, extra: String| {
         println!(
-            "{name}: test accuracy {:.2}% (L2 {:e}, validation loss {:.4}, accuracy {:.2}%)",
+            "{name}: test accuracy {:.2}% (L2 {:e}, validation loss {:.4}, accuracy {:.2}%{extra})",
             100.0 * r.test_accuracy,
             r.l2,
             r.val_loss,
@@ -196,7 +196,7 @@ pub fn probe_cmd(a: ProbeArgs) -> Result<()> {
         )
     };
     for (l, r) in &o.layers {
-        line(format!("layer {l}"), r);
+        line(format!("layer {l}"), r, String::new());
     }
     if let Some(b) = o.best {
         let (l, r) = &o.layers[b];
@@ -212,10 +212,15 @@ pub fn probe_cmd(a: ProbeArgs) -> Result<()> {
                 igpt::io::probe_head::ProbeLayer::Concat(ls.clone())
             ),
             r,
+            String::new(),
         );
     }
     if let Some((r, (side, channels))) = &o.raw {
-        line(format!("raw pixels {side}x{side}x{channels}"), r);
+        line(
+            "raw pixels".into(),
+            r,
+            format!("; {side}x{side}x{channels}"),
+        );
     }
     println!("results: {}", a.out.join("probe.json").display());
     Ok(())
