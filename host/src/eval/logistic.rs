@@ -232,12 +232,15 @@ pub(crate) fn objective(
                 for ((s, &v), &bb) in zs.iter_mut().zip(row.iter()).zip(b) {
                     *s = v as f64 + bb;
                 }
+                let zl = zs[label as usize];
                 let max = zs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let lse = max + zs.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
+                // One exponential per class: e = exp(z - max), p = e / Σe.
+                zs.iter_mut().for_each(|v| *v = (*v - max).exp());
+                let sum: f64 = zs.iter().sum();
                 for (c, r) in row.iter_mut().enumerate() {
-                    *r = ((zs[c] - lse).exp() - if c == label as usize { 1.0 } else { 0.0 }) as f32;
+                    *r = (zs[c] / sum - if c == label as usize { 1.0 } else { 0.0 }) as f32;
                 }
-                lse - zs[label as usize]
+                max + sum.ln() - zl
             },
         )
         .sum();
@@ -306,10 +309,12 @@ pub(crate) fn objective_f64(
                     *zc = b[c] + dot8(&w[c * d..(c + 1) * d], &xr);
                 }
                 let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-                let lse = max + z.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
-                loss += lse - z[label as usize];
-                for (c, &zc) in z.iter().enumerate() {
-                    let p = (zc - lse).exp() - if c == label as usize { 1.0 } else { 0.0 };
+                let zl = z[label as usize];
+                z.iter_mut().for_each(|v| *v = (*v - max).exp());
+                let sum: f64 = z.iter().sum();
+                loss += max + sum.ln() - zl;
+                for (c, &e) in z.iter().enumerate() {
+                    let p = e / sum - if c == label as usize { 1.0 } else { 0.0 };
                     g[classes * d + c] += p;
                     for (gi, &xi) in g[c * d..(c + 1) * d].iter_mut().zip(&xr) {
                         *gi += p * xi;
