@@ -263,11 +263,9 @@ fn claim_folder(cfg: &DemoConfig) -> Result<()> {
     crate::io::write_atomic(&marker_path, serde_json::to_string(&this)?.as_bytes())
 }
 
+/// The layer `probe-head.json` holds (probe's own choice) and its test accuracy.
 fn best(layers: &[(usize, probe::LayerResult)]) -> Option<(usize, f64)> {
-    layers
-        .iter()
-        .max_by(|a, b| a.1.val_accuracy.total_cmp(&b.1.val_accuracy))
-        .map(|(l, r)| (*l, r.test_accuracy))
+    probe::best_layer(layers).map(|i| (layers[i].0, layers[i].1.test_accuracy))
 }
 
 fn layers_images(path: &Path, key: &str) -> usize {

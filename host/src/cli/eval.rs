@@ -11,9 +11,10 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct ProbeArgs {
-    /// Checkpoint (from pretrain or import-hf with a palette).
-    #[arg(long)]
-    pub checkpoint: PathBuf,
+    /// Checkpoint (from pretrain or import-hf with a palette); optional with --raw-pixels
+    /// (then --side is required).
+    #[arg(long, required_unless_present = "raw_pixels")]
+    pub checkpoint: Option<PathBuf>,
     /// Dataset: the train split fits the probe, the test split measures it.
     #[arg(long)]
     pub data: PathBuf,
@@ -23,26 +24,54 @@ pub struct ProbeArgs {
     /// Fit on only N training images per class (low-data probe).
     #[arg(long)]
     pub labels_per_class: Option<usize>,
-    /// Probe the raw pixels at the model's resolution (the baseline), same code path.
-    #[arg(long)]
+    /// Probe only the raw pixels (the baseline), same code path: at the model's
+    /// resolution with --checkpoint, at --side without.
+    #[arg(long, conflicts_with_all = ["with_raw_pixels", "concat", "concat_layers"])]
     pub raw_pixels: bool,
+    /// Also probe the raw pixels beside the layers, on the same images (one probe.json
+    /// holds both; probe.png draws them as a flat line).
+    #[arg(long)]
+    pub with_raw_pixels: bool,
+    /// Resolution of the raw pixels (default: the model's; required for --raw-pixels
+    /// without --checkpoint).
+    #[arg(long)]
+    pub side: Option<usize>,
+    /// Channels of the raw pixels, 1 or 3 (default: the palette's with a checkpoint, the
+    /// dataset's without).
+    #[arg(long)]
+    pub channels: Option<usize>,
+    /// Also probe the best single layer's features concatenated with up to K layers on
+    /// each side (the paper's variant); its head goes to probe-head-concat.json.
+    #[arg(long, conflicts_with = "concat_layers")]
+    pub concat: Option<usize>,
+    /// Also probe these layers' features concatenated, e.g. 2,3,4.
+    #[arg(long, value_delimiter = ',')]
+    pub concat_layers: Option<Vec<usize>>,
     /// Use only the first N training images (0: all).
     #[arg(long, default_value_t = 0)]
     pub train_images: usize,
     /// Use only the first N test images (0: all).
     #[arg(long, default_value_t = 0)]
     pub test_images: usize,
-    /// L2 strengths to choose from on a 10% validation split.
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "0.1,0.01,0.001,0.0001,0.00001"
-    )]
-    pub l2: Vec<f64>,
+    /// L2 strengths (on the mean loss; scikit-learn's C = 1/(l2·n)) to choose from by
+    /// validation log-loss; the grid widens by factors of 10 past an edge. One value
+    /// fixes the L2. Default: 0.1,0.01,0.001,0.0001,0.00001.
+    #[arg(long, value_delimiter = ',')]
+    pub l2: Option<Vec<f64>>,
+    /// Folds of the cross-validation that chooses the L2 (below --cv-below training
+    /// images; from it on, a held-out 10%).
+    #[arg(long, default_value_t = 5)]
+    pub folds: usize,
+    /// Cross-validate below this many training images.
+    #[arg(long, default_value_t = 10_000)]
+    pub cv_below: usize,
+    /// Most extensions of the L2 grid by a factor of 10 past each edge.
+    #[arg(long, default_value_t = 3)]
+    pub widen: usize,
     /// Images per forward pass.
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
-    /// Output folder: probe.json, probe-head.json, probe.png.
+    /// Output folder: probe.json, probe-head.json, probe-head-concat.json, probe.png.
     #[arg(long)]
     pub out: PathBuf,
     /// Worker threads (default: all cores).
@@ -97,6 +126,7 @@ pub struct SampleArgs {
 }
 
 pub fn probe_cmd(a: ProbeArgs) -> Result<()> {
+    use igpt::eval::probe::{self, Concat, ProbeConfig, ProbeSpec};
     set_threads(a.threads)?;
     let layers = if a.layers.iter().any(|l| l == "all") {
         None
@@ -111,37 +141,85 @@ pub fn probe_cmd(a: ProbeArgs) -> Result<()> {
                 .collect::<Result<Vec<_>>>()?,
         )
     };
-    ensure!(
-        !a.l2.is_empty() && a.l2.iter().all(|v| v.is_finite() && *v >= 0.0),
-        "--l2 needs finite non-negative values"
-    );
-    let run = igpt::eval::probe::ProbeRun {
-        checkpoint: a.checkpoint,
+    let defaults = ProbeConfig::default();
+    let cfg = ProbeConfig {
+        l2_grid: a.l2.unwrap_or(defaults.l2_grid.clone()),
+        folds: a.folds,
+        cv_below: a.cv_below,
+        widen: a.widen,
+        ..defaults
+    };
+    cfg.validate()?;
+    ensure!(a.batch > 0, "--batch must be positive");
+    if a.checkpoint.is_none() {
+        ensure!(
+            a.side.is_some(),
+            "--raw-pixels without --checkpoint needs --side"
+        );
+        ensure!(
+            a.layers.iter().all(|l| l == "all"),
+            "--layers needs --checkpoint"
+        );
+    }
+    let concat = match (a.concat, a.concat_layers) {
+        (Some(k), _) => Some(Concat::Around(k)),
+        (None, Some(ls)) => Some(Concat::Layers(ls)),
+        (None, None) => None,
+    };
+    let spec = ProbeSpec {
+        checkpoint: a.checkpoint.clone(),
         data: a.data,
         layers,
         labels_per_class: a.labels_per_class,
         raw_pixels: a.raw_pixels,
+        with_raw_pixels: a.with_raw_pixels,
+        side: a.side,
+        channels: a.channels,
+        concat,
         limit: (a.train_images, a.test_images),
         out: a.out.clone(),
-        batch: a.batch.max(1),
-        cfg: igpt::eval::probe::ProbeConfig {
-            l2_grid: a.l2,
-            ..Default::default()
-        },
+        batch: a.batch,
+        cfg,
     };
-    let results = igpt::on_device!(a.device, 0, |dev| igpt::eval::probe::run_on(
-        &dev, &run, true
-    ))?;
-    for (l, r) in &results {
-        let name = if *l == usize::MAX {
-            "raw pixels".to_string()
-        } else {
-            format!("layer {l}")
-        };
+    // Without a checkpoint nothing runs on a model device.
+    let o = match a.checkpoint {
+        Some(_) => igpt::on_device!(a.device, 0, |dev| probe::run_spec_on(&dev, &spec, true))?,
+        None => probe::run_spec(&spec, true)?,
+    };
+    let line = |name: String, r: &probe::LayerResult, extra: String| {
         println!(
-            "{name}: test accuracy {:.2}% (L2 {:e})",
+            "{name}: test accuracy {:.2}% (L2 {:e}, validation loss {:.4}, accuracy {:.2}%{extra})",
             100.0 * r.test_accuracy,
-            r.l2
+            r.l2,
+            r.val_loss,
+            100.0 * r.val_accuracy
+        )
+    };
+    for (l, r) in &o.layers {
+        line(format!("layer {l}"), r, String::new());
+    }
+    if let Some(b) = o.best {
+        let (l, r) = &o.layers[b];
+        println!(
+            "best single layer (the headline, by validation accuracy): layer {l}, test accuracy {:.2}%",
+            100.0 * r.test_accuracy
+        );
+    }
+    if let Some((ls, r)) = &o.concat {
+        line(
+            format!(
+                "concat {}",
+                igpt::io::probe_head::ProbeLayer::Concat(ls.clone())
+            ),
+            r,
+            String::new(),
+        );
+    }
+    if let Some((r, (side, channels))) = &o.raw {
+        line(
+            "raw pixels".into(),
+            r,
+            format!("; {side}x{side}x{channels}"),
         );
     }
     println!("results: {}", a.out.join("probe.json").display());

@@ -1,15 +1,31 @@
 //! Linear probes (the paper's evaluation of a representation): features of every layer
 //! from one forward pass per image, standardised, then multinomial logistic regression
-//! with an L2 penalty solved to convergence by L-BFGS, the penalty chosen on a held-out
-//! 10% of the training set.
+//! with an L2 penalty solved to convergence by L-BFGS ([`super::logistic`]), the penalty
+//! chosen by validation log-loss: 5-fold cross-validation below 10,000 training rows, a
+//! held-out 10% above, the grid widened past an edge ([`select`]).
 //!
 //! Feature of layer l (l < L): the mean over positions of block l's first norm output
 //! (`expected.probe_features.<l>` in the HF fixtures); layer L: the mean of the final
 //! norm output.
+//!
+//! Variants, each labelled in `probe.json`: the single layer (the headline protocol: the
+//! best layer by validation accuracy, its head in `probe-head.json`), several layers'
+//! features concatenated (the paper's variant; `probe-head-concat.json`), and the raw
+//! pixels (the baseline; alone, or beside the layers on the same images).
 
+pub mod select;
+
+pub use super::logistic::{fit_logistic, FitReport, Logistic, Standardizer};
+pub use select::{
+    probe_features, select_l2, stratified_folds, L2Score, LayerResult, ProbeConfig, Selection,
+    Validation,
+};
+
+use crate::io::probe_head::{ProbeHead, ProbeLayer};
 use crate::nn::{Capture, Captures, Gpt, Kernels};
+use anyhow::{ensure, Context, Result};
 use dfdx::prelude::*;
-use rayon::prelude::*;
+use std::path::{Path, PathBuf};
 
 /// Features `[layer][image]` (each `d` long) of `images` (token sequences), computed in
 /// batches with one forward pass per batch. AR models read `[SOS, x0 .. x(n-2)]` with the
@@ -44,438 +60,35 @@ pub fn features<D: Kernels<f32>>(
     out
 }
 
-/// Per-feature mean and standard deviation (1 where a feature is constant).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Standardizer {
-    /// Means.
-    pub mean: Vec<f32>,
-    /// Standard deviations.
-    pub std: Vec<f32>,
+/// Layers whose features a concatenated probe reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Concat {
+    /// The best single layer (by validation) and up to this many layers on each side.
+    Around(usize),
+    /// These layers, in this order.
+    Layers(Vec<usize>),
 }
 
-impl Standardizer {
-    /// Fits on rows of equal width.
-    pub fn fit(x: &[Vec<f32>]) -> Standardizer {
-        let d = x.first().map_or(0, |r| r.len());
-        let n = x.len().max(1) as f64;
-        let mut mean = vec![0f64; d];
-        for r in x {
-            for (m, v) in mean.iter_mut().zip(r) {
-                *m += *v as f64;
+impl Concat {
+    /// The layers for a best single layer `best` of a model with layers `0..=last`.
+    pub fn layers(&self, best: usize, last: usize) -> Vec<usize> {
+        match self {
+            Concat::Around(k) => {
+                (best.saturating_sub(*k)..=best.saturating_add(*k).min(last)).collect()
             }
-        }
-        mean.iter_mut().for_each(|m| *m /= n);
-        let mut var = vec![0f64; d];
-        for r in x {
-            for ((s, v), m) in var.iter_mut().zip(r).zip(&mean) {
-                *s += (*v as f64 - m).powi(2);
-            }
-        }
-        Standardizer {
-            mean: mean.iter().map(|&m| m as f32).collect(),
-            std: var
-                .iter()
-                .map(|&s| {
-                    let sd = (s / n).sqrt();
-                    if sd > 1e-12 {
-                        sd as f32
-                    } else {
-                        1.0
-                    }
-                })
-                .collect(),
-        }
-    }
-
-    /// `(x - mean) / std`.
-    pub fn apply(&self, x: &[f32]) -> Vec<f32> {
-        x.iter()
-            .zip(self.mean.iter().zip(&self.std))
-            .map(|(v, (m, s))| (v - m) / s)
-            .collect()
-    }
-}
-
-/// A multinomial logistic regression head: `logits = W x + b`, `W` row-major
-/// `(classes, d)`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Logistic {
-    /// Classes.
-    pub classes: usize,
-    /// Input width.
-    pub d: usize,
-    /// `(classes, d)` weights.
-    pub w: Vec<f32>,
-    /// `classes` biases.
-    pub b: Vec<f32>,
-}
-
-impl Logistic {
-    /// Class scores of one input.
-    pub fn logits(&self, x: &[f32]) -> Vec<f32> {
-        (0..self.classes)
-            .map(|c| {
-                self.b[c]
-                    + self.w[c * self.d..(c + 1) * self.d]
-                        .iter()
-                        .zip(x)
-                        .map(|(w, v)| w * v)
-                        .sum::<f32>()
-            })
-            .collect()
-    }
-
-    /// The highest-scoring class.
-    pub fn predict(&self, x: &[f32]) -> usize {
-        let l = self.logits(x);
-        (0..self.classes).fold(0, |best, c| if l[c] > l[best] { c } else { best })
-    }
-
-    /// Accuracy on labelled rows.
-    pub fn accuracy(&self, x: &[Vec<f32>], y: &[u16]) -> f64 {
-        let right = x
-            .par_iter()
-            .zip(y)
-            .filter(|(r, &l)| self.predict(r) == l as usize)
-            .count();
-        right as f64 / x.len().max(1) as f64
-    }
-}
-
-/// Mean cross-entropy plus `l2/2 · |W|²` (no penalty on biases) and its gradient, at
-/// parameters `theta = [W (classes·d), b (classes)]`, for rows `x` (`n·d`, contiguous).
-/// The two products (`X·Wᵀ` and `(P - Y)ᵀ·X`) run through `gemm` in f32; sums are f64.
-fn objective(
-    theta: &[f64],
-    x: &[f32],
-    d: usize,
-    y: &[u16],
-    classes: usize,
-    l2: f64,
-) -> (f64, Vec<f64>) {
-    let n = y.len();
-    let w32: Vec<f32> = theta[..classes * d].iter().map(|&v| v as f32).collect();
-    let b = &theta[classes * d..];
-    // Z = X · Wᵀ  (n × classes)
-    let mut z = vec![0f32; n * classes];
-    crate::nn::kernels::gemm_par(
-        n,
-        classes,
-        d,
-        &mut z,
-        (classes, 1),
-        false,
-        x,
-        (d, 1),
-        &w32,
-        (1, d),
-    );
-    // P - Y, and the loss.
-    let loss: f64 = z
-        .par_chunks_mut(classes)
-        .zip(y.par_iter())
-        .map(|(row, &label)| {
-            let zs: Vec<f64> = row.iter().zip(b).map(|(&v, &bb)| v as f64 + bb).collect();
-            let max = zs.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-            let lse = max + zs.iter().map(|v| (v - max).exp()).sum::<f64>().ln();
-            for (c, r) in row.iter_mut().enumerate() {
-                *r = ((zs[c] - lse).exp() - if c == label as usize { 1.0 } else { 0.0 }) as f32;
-            }
-            lse - zs[label as usize]
-        })
-        .sum();
-    // dW = (P - Y)ᵀ · X / n  (classes × d); db = Σ (P - Y) / n
-    let mut gw = vec![0f32; classes * d];
-    crate::nn::kernels::gemm_par(
-        classes,
-        d,
-        n,
-        &mut gw,
-        (d, 1),
-        false,
-        &z,
-        (1, classes),
-        x,
-        (d, 1),
-    );
-    let mut grad: Vec<f64> = gw.iter().map(|&v| v as f64 / n as f64).collect();
-    for c in 0..classes {
-        grad.push(
-            z.iter()
-                .skip(c)
-                .step_by(classes)
-                .map(|&v| v as f64)
-                .sum::<f64>()
-                / n as f64,
-        );
-    }
-    let mut loss = loss / n as f64;
-    for (i, wv) in theta[..classes * d].iter().enumerate() {
-        loss += 0.5 * l2 * wv * wv;
-        grad[i] += l2 * wv;
-    }
-    (loss, grad)
-}
-
-/// What a fit reports.
-#[derive(Debug, Clone, Copy)]
-pub struct FitReport {
-    /// L-BFGS iterations.
-    pub iters: usize,
-    /// Final objective.
-    pub loss: f64,
-    /// Final gradient norm (the convergence criterion).
-    pub grad_norm: f64,
-}
-
-/// Fits a multinomial logistic regression with L2 strength `l2` by L-BFGS (memory 10,
-/// backtracking Armijo line search) until the gradient norm falls below `tol` or
-/// `max_iters` iterations.
-pub fn fit_logistic(
-    x: &[Vec<f32>],
-    y: &[u16],
-    classes: usize,
-    l2: f64,
-    tol: f64,
-    max_iters: usize,
-) -> (Logistic, FitReport) {
-    let d = x[0].len();
-    let flat: Vec<f32> = x.concat();
-    let x = &flat;
-    let dim = classes * d + classes;
-    let mut theta = vec![0f64; dim];
-    let (mut f, mut g) = objective(&theta, x, d, y, classes, l2);
-    let mut hist: Vec<(Vec<f64>, Vec<f64>, f64)> = Vec::new();
-    let dot = |a: &[f64], b: &[f64]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f64>();
-    let mut iters = 0;
-    while iters < max_iters && dot(&g, &g).sqrt() > tol {
-        iters += 1;
-        // Two-loop recursion: direction = -H·g.
-        let mut q = g.clone();
-        let mut alphas = Vec::with_capacity(hist.len());
-        for (s, yv, rho) in hist.iter().rev() {
-            let a = rho * dot(s, &q);
-            q.iter_mut().zip(yv).for_each(|(qi, yi)| *qi -= a * yi);
-            alphas.push(a);
-        }
-        let gamma = hist
-            .last()
-            .map_or(1.0 / dot(&g, &g).sqrt().max(1e-12), |(s, yv, _)| {
-                dot(s, yv) / dot(yv, yv)
-            });
-        q.iter_mut().for_each(|v| *v *= gamma);
-        for ((s, yv, rho), a) in hist.iter().zip(alphas.iter().rev()) {
-            let bta = rho * dot(yv, &q);
-            q.iter_mut()
-                .zip(s)
-                .for_each(|(qi, si)| *qi += (a - bta) * si);
-        }
-        let dir: Vec<f64> = q.iter().map(|v| -v).collect();
-        let slope = dot(&g, &dir);
-        let dir = if slope < 0.0 {
-            dir
-        } else {
-            g.iter().map(|v| -v).collect()
-        };
-        let slope = dot(&g, &dir);
-        // Backtracking line search (Armijo).
-        let mut step = 1.0;
-        let (mut f_new, mut g_new, mut theta_new);
-        loop {
-            theta_new = theta
-                .iter()
-                .zip(&dir)
-                .map(|(t, d)| t + step * d)
-                .collect::<Vec<_>>();
-            (f_new, g_new) = objective(&theta_new, x, d, y, classes, l2);
-            if f_new <= f + 1e-4 * step * slope || step < 1e-10 {
-                break;
-            }
-            step *= 0.5;
-        }
-        let s: Vec<f64> = theta_new.iter().zip(&theta).map(|(a, b)| a - b).collect();
-        let yv: Vec<f64> = g_new.iter().zip(&g).map(|(a, b)| a - b).collect();
-        let sy = dot(&s, &yv);
-        if sy > 1e-12 {
-            hist.push((s, yv, 1.0 / sy));
-            if hist.len() > 10 {
-                hist.remove(0);
-            }
-        }
-        let improved = f - f_new;
-        theta = theta_new;
-        f = f_new;
-        g = g_new;
-        if step < 1e-10 || improved.abs() < 1e-12 * f.abs().max(1.0) {
-            break;
-        }
-    }
-    let model = Logistic {
-        classes,
-        d,
-        w: theta[..classes * d].iter().map(|&v| v as f32).collect(),
-        b: theta[classes * d..].iter().map(|&v| v as f32).collect(),
-    };
-    let grad_norm = dot(&g, &g).sqrt();
-    (
-        model,
-        FitReport {
-            iters,
-            loss: f,
-            grad_norm,
-        },
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rand::{Rng, SeedableRng};
-    use rand_chacha::ChaCha8Rng;
-
-    #[test]
-    fn separable_blobs_are_learned_and_the_gradient_vanishes() {
-        let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let centres = [[3.0f32, 0.0], [0.0, 3.0], [-3.0, -3.0]];
-        let (mut x, mut y) = (Vec::new(), Vec::new());
-        for i in 0..300 {
-            let c = i % 3;
-            x.push(vec![
-                centres[c][0] + rng.gen_range(-1.0..1.0),
-                centres[c][1] + rng.gen_range(-1.0..1.0),
-            ]);
-            y.push(c as u16);
-        }
-        let (m, rep) = fit_logistic(&x, &y, 3, 1e-2, 1e-6, 500);
-        assert!(rep.grad_norm < 1e-5, "{rep:?}");
-        assert_eq!(m.accuracy(&x, &y), 1.0);
-        // The optimum of a strongly convex objective: a finite-difference check that the
-        // gradient there is ~0 in every direction.
-        let theta: Vec<f64> = m.w.iter().chain(&m.b).map(|&v| v as f64).collect();
-        let flat: Vec<f32> = x.concat();
-        let (f0, g0) = objective(&theta, &flat, 2, &y, 3, 1e-2);
-        for i in 0..theta.len() {
-            let mut t = theta.clone();
-            t[i] += 1e-3;
-            assert!(objective(&t, &flat, 2, &y, 3, 1e-2).0 >= f0 - 1e-7);
-            // The analytic gradient against a central difference.
-            let mut a = theta.clone();
-            a[i] -= 1e-3;
-            let fd = (objective(&t, &flat, 2, &y, 3, 1e-2).0
-                - objective(&a, &flat, 2, &y, 3, 1e-2).0)
-                / 2e-3;
-            assert!((fd - g0[i]).abs() < 1e-4, "{i}: {fd} vs {}", g0[i]);
-        }
-    }
-
-    #[test]
-    fn standardizer() {
-        let s = Standardizer::fit(&[vec![1.0, 5.0], vec![3.0, 5.0]]);
-        assert_eq!(s.mean, vec![2.0, 5.0]);
-        assert_eq!(s.std, vec![1.0, 1.0]);
-        assert_eq!(s.apply(&[3.0, 6.0]), vec![1.0, 1.0]);
-    }
-}
-
-/// Settings of a probe run.
-#[derive(Debug, Clone)]
-pub struct ProbeConfig {
-    /// L2 strengths tried (each chosen by validation accuracy on 10% of the training set).
-    pub l2_grid: Vec<f64>,
-    /// Gradient-norm tolerance of L-BFGS.
-    pub tol: f64,
-    /// Most L-BFGS iterations per fit.
-    pub max_iters: usize,
-    /// Seed of the validation split and of the low-data subsets.
-    pub seed: u64,
-}
-
-impl Default for ProbeConfig {
-    fn default() -> Self {
-        ProbeConfig {
-            l2_grid: vec![1e-1, 1e-2, 1e-3, 1e-4, 1e-5],
-            tol: 1e-4,
-            max_iters: 1000,
-            seed: 0,
+            Concat::Layers(ls) => ls.clone(),
         }
     }
 }
 
-/// The outcome for one feature set (a layer, or the raw pixels).
-#[derive(Debug, Clone)]
-pub struct LayerResult {
-    /// The chosen L2 strength.
-    pub l2: f64,
-    /// Accuracy on the 10% validation split with it.
-    pub val_accuracy: f64,
-    /// Test accuracy of the probe refitted on the whole training set.
-    pub test_accuracy: f64,
-    /// The refitted probe and its standardisation.
-    pub head: Logistic,
-    /// Standardisation of the features.
-    pub standardizer: Standardizer,
-    /// The refit's convergence.
-    pub report: FitReport,
-}
-
-/// Chooses the L2 strength on a seeded 10% validation split of the training rows, refits
-/// on all of them, and measures test accuracy.
-pub fn probe_features(
-    train_x: &[Vec<f32>],
-    train_y: &[u16],
-    test_x: &[Vec<f32>],
-    test_y: &[u16],
-    classes: usize,
-    cfg: &ProbeConfig,
-) -> LayerResult {
-    use rand::seq::SliceRandom;
-    use rand::SeedableRng;
-    let mut order: Vec<usize> = (0..train_x.len()).collect();
-    order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed));
-    let n_val = (train_x.len() / 10)
-        .max(1)
-        .min(train_x.len().saturating_sub(1));
-    let (val_idx, fit_idx) = order.split_at(n_val);
-    let pick = |idx: &[usize]| -> (Vec<Vec<f32>>, Vec<u16>) {
-        (
-            idx.iter().map(|&i| train_x[i].clone()).collect(),
-            idx.iter().map(|&i| train_y[i]).collect(),
-        )
-    };
-    let (fx, fy) = pick(fit_idx);
-    let (vx, vy) = pick(val_idx);
-    let st = Standardizer::fit(&fx);
-    let fx: Vec<Vec<f32>> = fx.iter().map(|r| st.apply(r)).collect();
-    let vx: Vec<Vec<f32>> = vx.iter().map(|r| st.apply(r)).collect();
-    let mut best = (f64::NEG_INFINITY, cfg.l2_grid[0]);
-    for &l2 in &cfg.l2_grid {
-        let (m, _) = fit_logistic(&fx, &fy, classes, l2, cfg.tol, cfg.max_iters);
-        let acc = m.accuracy(&vx, &vy);
-        if acc > best.0 {
-            best = (acc, l2);
-        }
-    }
-    let standardizer = Standardizer::fit(train_x);
-    let tx: Vec<Vec<f32>> = train_x.iter().map(|r| standardizer.apply(r)).collect();
-    let (head, report) = fit_logistic(&tx, train_y, classes, best.1, cfg.tol, cfg.max_iters);
-    let ex: Vec<Vec<f32>> = test_x.iter().map(|r| standardizer.apply(r)).collect();
-    LayerResult {
-        l2: best.1,
-        val_accuracy: best.0,
-        test_accuracy: head.accuracy(&ex, test_y),
-        head,
-        standardizer,
-        report,
-    }
-}
-
-/// A `probe` command.
+/// A `probe` of a checkpoint's layers (or of the raw pixels at its resolution): the
+/// demo's form. [`ProbeSpec`] has every option; [`run_on`] runs this one through it.
 #[derive(Debug, Clone)]
 pub struct ProbeRun {
     /// Checkpoint (with its palette).
-    pub checkpoint: std::path::PathBuf,
+    pub checkpoint: PathBuf,
     /// Dataset (train split to fit, test split to measure).
-    pub data: std::path::PathBuf,
+    pub data: PathBuf,
     /// Layers to probe (0..=L, L = the final norm); `None`: all.
     pub layers: Option<Vec<usize>>,
     /// Keep only this many training images per class (low-data probes).
@@ -485,45 +98,200 @@ pub struct ProbeRun {
     /// Use only the first N training / test images (0: all).
     pub limit: (usize, usize),
     /// Output folder: probe.json, probe-head.json, probe.png.
-    pub out: std::path::PathBuf,
+    pub out: PathBuf,
     /// Images per forward pass.
     pub batch: usize,
     /// Solver settings.
     pub cfg: ProbeConfig,
 }
 
-/// A split's tokens, raw pixels (scaled to [0, 1]), labels and class names.
-struct Labelled {
+/// Every option of a probe run (`igpt probe`).
+#[derive(Debug, Clone)]
+pub struct ProbeSpec {
+    /// Checkpoint (with its palette); optional for a raw-pixel probe.
+    pub checkpoint: Option<PathBuf>,
+    /// Dataset (train split to fit, test split to measure).
+    pub data: PathBuf,
+    /// Layers to probe (0..=L, L = the final norm); `None`: all.
+    pub layers: Option<Vec<usize>>,
+    /// Keep only this many training images per class (low-data probes).
+    pub labels_per_class: Option<usize>,
+    /// Probe only the raw pixels (the baseline), no model layer.
+    pub raw_pixels: bool,
+    /// Probe the raw pixels too, beside the layers, on the same images.
+    pub with_raw_pixels: bool,
+    /// Resolution of the raw pixels (default: the model's; required without a checkpoint).
+    pub side: Option<usize>,
+    /// Channels of the raw pixels, 1 or 3 (default: the palette's with a checkpoint, the
+    /// dataset's without).
+    pub channels: Option<usize>,
+    /// Also probe these layers' features concatenated.
+    pub concat: Option<Concat>,
+    /// Use only the first N training / test images (0: all).
+    pub limit: (usize, usize),
+    /// Output folder: probe.json, probe-head.json (probe-head-concat.json), probe.png.
+    pub out: PathBuf,
+    /// Images per forward pass.
+    pub batch: usize,
+    /// L2 search and solver settings.
+    pub cfg: ProbeConfig,
+}
+
+impl From<&ProbeRun> for ProbeSpec {
+    fn from(r: &ProbeRun) -> ProbeSpec {
+        ProbeSpec {
+            checkpoint: Some(r.checkpoint.clone()),
+            data: r.data.clone(),
+            layers: r.layers.clone(),
+            labels_per_class: r.labels_per_class,
+            raw_pixels: r.raw_pixels,
+            with_raw_pixels: false,
+            side: None,
+            channels: None,
+            concat: None,
+            limit: r.limit,
+            out: r.out.clone(),
+            batch: r.batch,
+            cfg: r.cfg.clone(),
+        }
+    }
+}
+
+/// What a probe run measured.
+#[derive(Debug, Clone)]
+pub struct ProbeOutcome {
+    /// Single layers, in the order probed (empty for a raw-pixel-only run).
+    pub layers: Vec<(usize, LayerResult)>,
+    /// Index in `layers` of the best single layer (see [`best_layer`]).
+    pub best: Option<usize>,
+    /// The raw pixels, and their `(side, channels)`.
+    pub raw: Option<(LayerResult, (usize, usize))>,
+    /// The concatenated layers' probe.
+    pub concat: Option<(Vec<usize>, LayerResult)>,
+    /// Training images used (after `labels_per_class`).
+    pub train_images: usize,
+    /// Test images used.
+    pub test_images: usize,
+}
+
+impl ProbeOutcome {
+    /// `(layer, result)` pairs of the single layers, then the raw pixels as layer
+    /// `usize::MAX` (what [`run_on`] returns).
+    pub fn into_pairs(self) -> Vec<(usize, LayerResult)> {
+        let mut v = self.layers;
+        v.extend(self.raw.map(|r| (usize::MAX, r.0)));
+        v
+    }
+}
+
+/// The best single layer: the highest validation accuracy, ties to the lower validation
+/// loss, then to the earlier entry. Its index in `layers`.
+pub fn best_layer(layers: &[(usize, LayerResult)]) -> Option<usize> {
+    (0..layers.len()).reduce(|b, i| {
+        let (x, y) = (&layers[i].1, &layers[b].1);
+        if x.val_accuracy > y.val_accuracy
+            || (x.val_accuracy == y.val_accuracy && x.val_loss < y.val_loss)
+        {
+            i
+        } else {
+            b
+        }
+    })
+}
+
+/// A split's model tokens and raw pixels (each empty when not needed), labels, class
+/// names.
+struct SplitData {
     tokens: Vec<Vec<u16>>,
     pixels: Vec<Vec<f32>>,
     labels: Vec<u16>,
     classes: Vec<String>,
 }
 
-fn labelled(
-    path: &std::path::Path,
+impl SplitData {
+    fn select(&mut self, keep: &[usize]) {
+        if !self.tokens.is_empty() {
+            self.tokens = keep.iter().map(|&i| self.tokens[i].clone()).collect();
+        }
+        if !self.pixels.is_empty() {
+            self.pixels = keep.iter().map(|&i| self.pixels[i].clone()).collect();
+        }
+        self.labels = keep.iter().map(|&i| self.labels[i]).collect();
+    }
+}
+
+fn scaled(p: &[u8]) -> Vec<f32> {
+    p.iter().map(|&v| v as f32 / 255.0).collect()
+}
+
+/// The raw pixels of a split at `side` (centre crop + area filter, as the tokenizer does)
+/// and `channels` (`None`: the dataset's), scaled to [0, 1]. Returns the channels too.
+fn pixel_split(
+    path: &Path,
     split: crate::data::Split,
-    palette: &igpt_core::Palette,
     side: usize,
+    channels: Option<usize>,
     limit: usize,
-) -> anyhow::Result<Labelled> {
-    let t = crate::data::tokenize::split(path, split, palette, side, limit)?;
-    Ok(Labelled {
-        pixels: t
-            .pixels
-            .iter()
-            .map(|p| p.iter().map(|&v| v as f32 / 255.0).collect())
-            .collect(),
-        tokens: t.tokens,
-        labels: t.labels,
-        classes: t.classes,
-    })
+) -> Result<(SplitData, usize)> {
+    let ds = crate::data::load(path, split, Some(side))?;
+    let ds = if limit > 0 { ds.truncate(limit) } else { ds };
+    let ds = match channels {
+        Some(c) => ds.with_channels(c)?,
+        None => ds,
+    };
+    let c = ds.channels;
+    Ok((
+        SplitData {
+            tokens: Vec::new(),
+            pixels: (0..ds.len()).map(|i| scaled(ds.image(i))).collect(),
+            labels: ds.labels.clone(),
+            classes: ds.classes.clone(),
+        },
+        c,
+    ))
+}
+
+/// Loads a split: the tokens at the model's resolution when `model` is given and the
+/// layers are probed, the raw pixels at `geometry` when `raw`.
+fn load_split(
+    spec: &ProbeSpec,
+    model: Option<(&igpt_core::Palette, usize)>,
+    geometry: (usize, Option<usize>),
+    split: crate::data::Split,
+    limit: usize,
+) -> Result<(SplitData, usize)> {
+    let raw = spec.raw_pixels || spec.with_raw_pixels;
+    match model {
+        Some((palette, side)) if !spec.raw_pixels => {
+            let t = crate::data::tokenize::split(&spec.data, split, palette, side, limit)?;
+            let same = geometry.0 == side && geometry.1 == Some(palette.channels());
+            let mut s = SplitData {
+                tokens: t.tokens,
+                pixels: Vec::new(),
+                labels: t.labels,
+                classes: t.classes,
+            };
+            if raw && same {
+                s.pixels = t.pixels.iter().map(|p| scaled(p)).collect();
+            } else if raw {
+                let (p, _) = pixel_split(&spec.data, split, geometry.0, geometry.1, limit)?;
+                ensure!(
+                    p.labels == s.labels,
+                    "{}: the raw pixels' labels differ from the tokens'",
+                    spec.data.display()
+                );
+                s.pixels = p.pixels;
+            }
+            Ok((s, geometry.1.unwrap_or(palette.channels())))
+        }
+        _ => pixel_split(&spec.data, split, geometry.0, geometry.1, limit),
+    }
 }
 
 /// Runs a probe: per-layer (or raw-pixel) test accuracy, written to `run.out` as JSON,
 /// the best layer's head, and a plot of accuracy by layer. Returns `(layer, result)`
 /// pairs (layer `usize::MAX` for raw pixels). Features come from the CPU.
-pub fn run(r: &ProbeRun, show_progress: bool) -> anyhow::Result<Vec<(usize, LayerResult)>> {
+pub fn run(r: &ProbeRun, show_progress: bool) -> Result<Vec<(usize, LayerResult)>> {
     run_on(&dfdx::prelude::Cpu::default(), r, show_progress)
 }
 
@@ -533,160 +301,629 @@ pub fn run_on<D: crate::nn::device::ModelDevice>(
     dev: &D,
     r: &ProbeRun,
     show_progress: bool,
-) -> anyhow::Result<Vec<(usize, LayerResult)>> {
-    use anyhow::{ensure, Context};
+) -> Result<Vec<(usize, LayerResult)>> {
+    Ok(run_spec_on(dev, &ProbeSpec::from(r), show_progress)?.into_pairs())
+}
+
+/// [`run_spec_on`] on the CPU.
+pub fn run_spec(spec: &ProbeSpec, show_progress: bool) -> Result<ProbeOutcome> {
+    run_spec_on(&dfdx::prelude::Cpu::default(), spec, show_progress)
+}
+
+fn note(what: &str, r: &LayerResult) -> String {
+    format!(
+        "{what}: test accuracy {:.2}% (L2 {:e} by {}: validation loss {:.4}, accuracy {:.2}%{}; {} L-BFGS iterations, |grad| {:.1e})",
+        100.0 * r.test_accuracy,
+        r.l2,
+        r.selection.validation.describe(),
+        r.val_loss,
+        100.0 * r.val_accuracy,
+        if r.selection.at_edge {
+            ", at the edge of the widened grid"
+        } else {
+            ""
+        },
+        r.report.iters,
+        r.report.grad_norm
+    )
+}
+
+/// Runs every probe of `spec` (features on `dev`, regressions on the CPU) and writes
+/// `probe.json`, `probe-head.json` (the best single layer, or the raw pixels alone),
+/// `probe-head-concat.json` (with a concatenation) and `probe.png` (with model layers:
+/// test accuracy by layer, the raw pixels as a flat line when measured).
+pub fn run_spec_on<D: crate::nn::device::ModelDevice>(
+    dev: &D,
+    spec: &ProbeSpec,
+    show_progress: bool,
+) -> Result<ProbeOutcome> {
     use rand::seq::SliceRandom;
     use rand::SeedableRng;
-    let ck = crate::io::checkpoint::Checkpoint::load(&r.checkpoint)?;
-    let palette = ck
-        .palette
-        .clone()
-        .with_context(|| format!("{}: the checkpoint has no palette", r.checkpoint.display()))?;
-    let side = ck.config.side;
-    for &l in r.layers.iter().flatten() {
-        ensure!(
-            l <= ck.config.layers,
-            "--layers {l}: the model has layers 0..={}",
-            ck.config.layers
-        );
+    spec.cfg.validate()?;
+    ensure!(spec.batch > 0, "--batch must be positive");
+    if let Some(s) = spec.side {
+        ensure!((1..=1024).contains(&s), "--side {s}: not in 1..=1024");
     }
-    let Labelled {
-        tokens: mut tr_tok,
-        pixels: mut tr_px,
-        labels: mut tr_y,
-        classes,
-    } = labelled(
-        &r.data,
-        crate::data::Split::Train,
-        &palette,
-        side,
-        r.limit.0,
-    )?;
-    let Labelled {
-        tokens: te_tok,
-        pixels: te_px,
-        labels: te_y,
-        ..
-    } = labelled(&r.data, crate::data::Split::Test, &palette, side, r.limit.1)?;
-    if let Some(k) = r.labels_per_class {
+    if let Some(c) = spec.channels {
+        ensure!(c == 1 || c == 3, "--channels {c}: 1 (grey) or 3 (RGB)");
+    }
+    ensure!(
+        !(spec.raw_pixels && spec.concat.is_some()),
+        "--concat probes model layers: not with --raw-pixels"
+    );
+    match &spec.concat {
+        Some(Concat::Around(k)) => ensure!(*k > 0, "--concat must be positive"),
+        Some(Concat::Layers(ls)) => {
+            ensure!(ls.len() >= 2, "--concat-layers needs at least two layers");
+            for (i, l) in ls.iter().enumerate() {
+                ensure!(!ls[..i].contains(l), "--concat-layers: layer {l} twice");
+            }
+        }
+        None => {}
+    }
+    if let Some(k) = spec.labels_per_class {
         ensure!(k > 0, "--labels-per-class must be positive");
-        let mut order: Vec<usize> = (0..tr_y.len()).collect();
+    }
+    let ck = match &spec.checkpoint {
+        Some(p) => Some(crate::io::checkpoint::Checkpoint::load(p)?),
+        None => {
+            ensure!(
+                spec.raw_pixels,
+                "--checkpoint is needed to probe a model's layers (without one, only --raw-pixels)"
+            );
+            None
+        }
+    };
+    let model = match (&ck, &spec.checkpoint) {
+        (Some(ck), Some(path)) => {
+            let palette = ck.palette_or_err(path)?;
+            let last = ck.config.layers;
+            for &l in spec.layers.iter().flatten() {
+                ensure!(l <= last, "--layers {l}: the model has layers 0..={last}");
+            }
+            if let Some(Concat::Layers(ls)) = &spec.concat {
+                for &l in ls {
+                    ensure!(
+                        l <= last,
+                        "--concat-layers {l}: the model has layers 0..={last}"
+                    );
+                }
+            }
+            Some((palette, ck.config.side))
+        }
+        _ => None,
+    };
+    let geometry = match &model {
+        Some((palette, side)) => (
+            spec.side.unwrap_or(*side),
+            Some(spec.channels.unwrap_or(palette.channels())),
+        ),
+        None => (
+            spec.side
+                .context("--raw-pixels without --checkpoint needs --side")?,
+            spec.channels,
+        ),
+    };
+    let model_ref = model.as_ref().map(|(p, s)| (p, *s));
+    let (mut tr, channels) = load_split(
+        spec,
+        model_ref,
+        geometry,
+        crate::data::Split::Train,
+        spec.limit.0,
+    )?;
+    let (te, _) = load_split(
+        spec,
+        model_ref,
+        (geometry.0, Some(channels)),
+        crate::data::Split::Test,
+        spec.limit.1,
+    )?;
+    let classes = tr.classes.clone();
+    if let Some(k) = spec.labels_per_class {
+        let mut order: Vec<usize> = (0..tr.labels.len()).collect();
         order.shuffle(&mut rand_chacha::ChaCha8Rng::seed_from_u64(
-            r.cfg.seed ^ 0x1abe1,
+            spec.cfg.seed ^ 0x1abe1,
         ));
         let mut taken = vec![0usize; classes.len()];
         let keep: Vec<usize> = order
             .into_iter()
             .filter(|&i| {
-                let c = tr_y[i] as usize;
-                let ok = taken[c] < k;
-                taken[c] += ok as usize;
+                let Some(t) = taken.get_mut(tr.labels[i] as usize) else {
+                    return false;
+                };
+                let ok = *t < k;
+                *t += ok as usize;
                 ok
             })
             .collect();
-        tr_tok = keep.iter().map(|&i| tr_tok[i].clone()).collect();
-        tr_px = keep.iter().map(|&i| tr_px[i].clone()).collect();
-        tr_y = keep.iter().map(|&i| tr_y[i]).collect();
+        tr.select(&keep);
     }
-    ensure!(tr_y.len() >= 2, "too few training images to probe");
+    ensure!(tr.labels.len() >= 2, "too few training images to probe");
+    ensure!(
+        tr.labels
+            .iter()
+            .chain(&te.labels)
+            .all(|&l| (l as usize) < classes.len()),
+        "{}: a label is past the {} classes",
+        spec.data.display(),
+        classes.len()
+    );
     let n_classes = classes.len();
-    let mut results = Vec::new();
-    if r.raw_pixels {
-        results.push((
-            usize::MAX,
-            probe_features(&tr_px, &tr_y, &te_px, &te_y, n_classes, &r.cfg),
-        ));
-    } else {
-        let objective = ck.objective() == crate::nn::Objective::Bert;
+    let mut out = ProbeOutcome {
+        layers: Vec::new(),
+        best: None,
+        raw: None,
+        concat: None,
+        train_images: tr.labels.len(),
+        test_images: te.labels.len(),
+    };
+    if spec.raw_pixels || spec.with_raw_pixels {
+        let res = probe_features(
+            &tr.pixels, &tr.labels, &te.pixels, &te.labels, n_classes, &spec.cfg,
+        )
+        .context("raw-pixel probe")?;
+        if show_progress {
+            crate::progress::message(note(
+                &format!("raw pixels {}x{}x{channels}", geometry.0, geometry.0),
+                &res,
+            ));
+        }
+        out.raw = Some((res, (geometry.0, channels)));
+    }
+    if let (Some(ck), false) = (&ck, spec.raw_pixels) {
+        let bert = ck.objective() == crate::nn::Objective::Bert;
         let gpt: Gpt<f32, D> = ck.model(dev)?;
         let t0 = std::time::Instant::now();
-        let ftr = features(&gpt, &tr_tok, r.batch, !objective, show_progress);
-        let fte = features(&gpt, &te_tok, r.batch, !objective, show_progress);
+        let ftr = features(&gpt, &tr.tokens, spec.batch, !bert, show_progress);
+        let fte = features(&gpt, &te.tokens, spec.batch, !bert, show_progress);
         if show_progress {
             crate::progress::message(format!(
                 "features of {} + {} images from one forward pass each: {:.1} s",
-                tr_tok.len(),
-                te_tok.len(),
+                tr.tokens.len(),
+                te.tokens.len(),
                 t0.elapsed().as_secs_f64()
             ));
         }
-        let layers: Vec<usize> = r
-            .layers
-            .clone()
-            .unwrap_or_else(|| (0..=ck.config.layers).collect());
+        let last = ck.config.layers;
+        let layers: Vec<usize> = spec.layers.clone().unwrap_or_else(|| (0..=last).collect());
         let bar = crate::progress::bar(layers.len() as u64, "probe", show_progress);
         for &l in &layers {
-            ensure!(
-                l <= ck.config.layers,
-                "--layers {l}: the model has layers 0..={}",
-                ck.config.layers
-            );
-            let res = probe_features(&ftr[l], &tr_y, &fte[l], &te_y, n_classes, &r.cfg);
-            crate::progress::note(&bar, show_progress, format!(
-                "layer {l}: test accuracy {:.2}% (L2 {:e}, validation {:.2}%, {} L-BFGS iterations, |grad| {:.1e})",
-                100.0 * res.test_accuracy,
-                res.l2,
-                100.0 * res.val_accuracy,
-                res.report.iters,
-                res.report.grad_norm
-            ));
+            let res = probe_features(
+                &ftr[l], &tr.labels, &fte[l], &te.labels, n_classes, &spec.cfg,
+            )
+            .with_context(|| format!("layer {l}"))?;
+            crate::progress::note(&bar, show_progress, note(&format!("layer {l}"), &res));
             bar.inc(1);
-            results.push((l, res));
+            out.layers.push((l, res));
         }
         bar.finish_and_clear();
-    }
-    std::fs::create_dir_all(&r.out)
-        .with_context(|| format!("{}: cannot create", r.out.display()))?;
-    let best = results
-        .iter()
-        .max_by(|a, b| a.1.val_accuracy.total_cmp(&b.1.val_accuracy))
-        .context("no layer probed")?;
-    let name = |l: usize| {
-        if l == usize::MAX {
-            "raw_pixels".to_string()
-        } else {
-            l.to_string()
+        out.best = best_layer(&out.layers);
+        if let (Some(c), Some(b)) = (&spec.concat, out.best) {
+            let ls = c.layers(out.layers[b].0, last);
+            let cat = |f: &[Vec<Vec<f32>>]| -> Vec<Vec<f32>> {
+                (0..f[0].len())
+                    .map(|i| ls.iter().flat_map(|&l| f[l][i].iter().copied()).collect())
+                    .collect()
+            };
+            let res = probe_features(
+                &cat(&ftr),
+                &tr.labels,
+                &cat(&fte),
+                &te.labels,
+                n_classes,
+                &spec.cfg,
+            )
+            .context("concatenated probe")?;
+            if show_progress {
+                crate::progress::message(note(
+                    &format!("layers {} concatenated", ProbeLayer::Concat(ls.clone())),
+                    &res,
+                ));
+            }
+            out.concat = Some((ls, res));
         }
-    };
-    let json = serde_json::json!({
-        "checkpoint": r.checkpoint.to_string_lossy(),
-        "data": r.data.to_string_lossy(),
-        "train_images": tr_y.len(),
-        "test_images": te_y.len(),
-        "labels_per_class": r.labels_per_class,
-        "layers": results.iter().map(|(l, x)| serde_json::json!({
-            "layer": name(*l), "l2": x.l2, "val_accuracy": x.val_accuracy,
-            "test_accuracy": x.test_accuracy, "iters": x.report.iters, "grad_norm": x.report.grad_norm,
+    }
+    write_outputs(spec, &out, &classes)?;
+    Ok(out)
+}
+
+fn entry(variant: &str, layer: &ProbeLayer, r: &LayerResult) -> serde_json::Value {
+    serde_json::json!({
+        "variant": variant,
+        "layer": layer.name(),
+        "l2": r.l2,
+        "val_loss": r.val_loss,
+        "val_accuracy": r.val_accuracy,
+        "test_accuracy": r.test_accuracy,
+        "iters": r.report.iters,
+        "grad_norm": r.report.grad_norm,
+        "validation": r.selection.validation.describe(),
+        "l2_at_edge": r.selection.at_edge,
+        "l2_widened": [r.selection.widened.0, r.selection.widened.1],
+        "l2_scores": r.selection.scores.iter().map(|s| serde_json::json!({
+            "l2": s.l2, "val_loss": s.val_loss, "val_accuracy": s.val_accuracy,
         })).collect::<Vec<_>>(),
-        "best_layer": name(best.0),
-        "best_test_accuracy": best.1.test_accuracy,
+    })
+}
+
+fn head(layer: ProbeLayer, classes: &[String], r: &LayerResult) -> ProbeHead {
+    ProbeHead {
+        layer,
+        classes: classes.to_vec(),
+        mean: r.standardizer.mean.clone(),
+        std: r.standardizer.std.clone(),
+        weight: r.head.w.clone(),
+        bias: r.head.b.clone(),
+        seeded: false,
+    }
+}
+
+fn write_outputs(spec: &ProbeSpec, o: &ProbeOutcome, classes: &[String]) -> Result<()> {
+    std::fs::create_dir_all(&spec.out)
+        .with_context(|| format!("{}: cannot create", spec.out.display()))?;
+    let raw = o.raw.as_ref().map(|(r, (side, channels))| {
+        let mut e = entry("raw_pixels", &ProbeLayer::RawPixels, r);
+        e["side"] = (*side).into();
+        e["channels"] = (*channels).into();
+        e
+    });
+    let singles: Vec<serde_json::Value> = o
+        .layers
+        .iter()
+        .map(|(l, r)| entry("layer", &ProbeLayer::Layer(*l), r))
+        .collect();
+    let best = o.best.map(|b| &o.layers[b]);
+    let concat = o.concat.as_ref().map(|(ls, r)| {
+        let mut e = entry("concat", &ProbeLayer::Concat(ls.clone()), r);
+        e["layers"] = serde_json::json!(ls);
+        e["around"] = serde_json::json!(best.map(|b| b.0));
+        e
+    });
+    let mut variants = Vec::new();
+    if let Some((l, r)) = best {
+        let mut e = entry("best_layer", &ProbeLayer::Layer(*l), r);
+        e["headline"] = true.into();
+        variants.push(e);
+    }
+    variants.extend(concat.clone());
+    variants.extend(raw.clone());
+    let (best_name, best_acc, layers) = match (best, &o.raw) {
+        (Some((l, r)), _) => (l.to_string(), r.test_accuracy, singles),
+        (None, Some((r, _))) => (
+            "raw_pixels".to_string(),
+            r.test_accuracy,
+            raw.clone().into_iter().collect(),
+        ),
+        (None, None) => anyhow::bail!("no layer probed"),
+    };
+    let cfg = &spec.cfg;
+    let json = serde_json::json!({
+        "checkpoint": spec.checkpoint.as_ref().map(|p| p.to_string_lossy()),
+        "data": spec.data.to_string_lossy(),
+        "train_images": o.train_images,
+        "test_images": o.test_images,
+        "labels_per_class": spec.labels_per_class,
+        "protocol": "single layer, mean-pooled features, standardised; multinomial logistic regression with L2 by L-BFGS; the best layer by validation accuracy (ties: lower validation loss)",
+        "selection": {
+            "criterion": "validation log-loss (mean cross-entropy)",
+            "objective": "mean cross-entropy + l2/2 |W|^2 (scikit-learn C = 1/(l2 n))",
+            "folds": cfg.folds,
+            "cv_below": cfg.cv_below,
+            "holdout_from": "10% (stratified) from cv_below training rows on",
+            "l2_grid": cfg.l2_grid,
+            "widen": cfg.widen,
+            "seed": cfg.seed,
+        },
+        "layers": layers,
+        "best_layer": best_name,
+        "best_test_accuracy": best_acc,
+        "raw_pixels": raw,
+        "concat": concat,
+        "variants": variants,
     });
     crate::io::write_atomic(
-        &r.out.join("probe.json"),
+        &spec.out.join("probe.json"),
         serde_json::to_string_pretty(&json)?.as_bytes(),
     )?;
-    let head = serde_json::json!({
-        "layer": name(best.0), "classes": classes, "mean": best.1.standardizer.mean,
-        "std": best.1.standardizer.std, "weight": best.1.head.w, "bias": best.1.head.b,
-    });
-    crate::io::write_atomic(&r.out.join("probe-head.json"), head.to_string().as_bytes())?;
-    if !r.raw_pixels {
-        let pts: Vec<(f64, f64)> = results
+    match (best, &o.raw) {
+        (Some((l, r)), _) => head(ProbeLayer::Layer(*l), classes, r),
+        (None, Some((r, _))) => head(ProbeLayer::RawPixels, classes, r),
+        (None, None) => anyhow::bail!("no layer probed"),
+    }
+    .save(&spec.out.join("probe-head.json"))?;
+    if let Some((ls, r)) = &o.concat {
+        head(ProbeLayer::Concat(ls.clone()), classes, r)
+            .save(&spec.out.join("probe-head-concat.json"))?;
+    }
+    if !o.layers.is_empty() {
+        use crate::io::plot::{line_plot, Series, COLORS};
+        let pts: Vec<(f64, f64)> = o
+            .layers
             .iter()
             .map(|(l, x)| (*l as f64, 100.0 * x.test_accuracy))
             .collect();
-        crate::io::plot::line_plot(
-            &r.out.join("probe.png"),
+        let mut series = vec![Series {
+            label: "probe".into(),
+            points: pts.clone(),
+            color: COLORS[0],
+            markers: true,
+        }];
+        if let Some((r, _)) = &o.raw {
+            let (lo, hi) = pts
+                .iter()
+                .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.0), b.max(p.0)));
+            let y = 100.0 * r.test_accuracy;
+            series.push(Series {
+                label: "raw pixels".into(),
+                points: vec![(lo, y), (hi, y)],
+                color: COLORS[1],
+                markers: false,
+            });
+        }
+        line_plot(
+            &spec.out.join("probe.png"),
             "LINEAR PROBE ACCURACY BY LAYER",
             "layer (L = final norm)",
             "test accuracy %",
-            &[crate::io::plot::Series {
-                label: "probe".into(),
-                points: pts,
-                color: crate::io::plot::COLORS[0],
-                markers: true,
-            }],
+            &series,
         )?;
     }
-    Ok(results)
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subset() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fashion-mnist-subset")
+    }
+
+    fn raw_spec(out: &Path) -> ProbeSpec {
+        ProbeSpec {
+            checkpoint: None,
+            data: subset(),
+            layers: None,
+            labels_per_class: None,
+            raw_pixels: true,
+            with_raw_pixels: false,
+            side: Some(7),
+            channels: None,
+            concat: None,
+            limit: (300, 100),
+            out: out.to_path_buf(),
+            batch: 32,
+            cfg: ProbeConfig::default(),
+        }
+    }
+
+    fn json(path: &Path) -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap()
+    }
+
+    fn err(spec: &ProbeSpec) -> String {
+        format!("{:#}", run_spec(spec, false).unwrap_err())
+    }
+
+    #[test]
+    fn raw_pixels_need_no_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = raw_spec(dir.path());
+        let o = run_spec(&spec, false).unwrap();
+        let (r, geometry) = o.raw.as_ref().unwrap();
+        assert_eq!(*geometry, (7, 1), "the dataset's one channel");
+        assert!(o.layers.is_empty() && o.best.is_none() && o.concat.is_none());
+        assert_eq!((o.train_images, o.test_images), (300, 100));
+        assert_eq!(r.standardizer.mean.len(), 49);
+        assert!(r.test_accuracy > 0.5, "{}", r.test_accuracy);
+        let j = json(&dir.path().join("probe.json"));
+        assert!(j["checkpoint"].is_null());
+        assert_eq!(j["best_layer"], "raw_pixels");
+        assert_eq!(j["layers"][0]["variant"], "raw_pixels");
+        assert_eq!(j["variants"].as_array().unwrap().len(), 1);
+        assert_eq!(j["raw_pixels"]["side"], 7);
+        assert_eq!(j["raw_pixels"]["validation"], "5-fold cross-validation");
+        assert_eq!(j["raw_pixels"]["l2"].as_f64(), Some(r.l2));
+        let head = ProbeHead::load(&dir.path().join("probe-head.json"), 49).unwrap();
+        assert_eq!(head.layer, ProbeLayer::RawPixels);
+        assert_eq!(head.weight, r.head.w);
+        assert!(!dir.path().join("probe.png").exists(), "no layers to plot");
+        // Low-data subsets, and the options' errors.
+        let few = ProbeSpec {
+            labels_per_class: Some(3),
+            ..spec.clone()
+        };
+        assert_eq!(run_spec(&few, false).unwrap().train_images, 30);
+        for (bad, want) in [
+            (
+                ProbeSpec {
+                    side: None,
+                    ..spec.clone()
+                },
+                "--side",
+            ),
+            (
+                ProbeSpec {
+                    raw_pixels: false,
+                    ..spec.clone()
+                },
+                "--checkpoint",
+            ),
+            (
+                ProbeSpec {
+                    side: Some(0),
+                    ..spec.clone()
+                },
+                "--side 0",
+            ),
+            (
+                ProbeSpec {
+                    channels: Some(2),
+                    ..spec.clone()
+                },
+                "--channels 2",
+            ),
+            (
+                ProbeSpec {
+                    batch: 0,
+                    ..spec.clone()
+                },
+                "--batch",
+            ),
+            (
+                ProbeSpec {
+                    labels_per_class: Some(0),
+                    ..spec.clone()
+                },
+                "--labels-per-class",
+            ),
+            (
+                ProbeSpec {
+                    concat: Some(Concat::Around(1)),
+                    ..spec.clone()
+                },
+                "--concat",
+            ),
+            (
+                ProbeSpec {
+                    cfg: ProbeConfig {
+                        l2_grid: vec![1e-2, f64::INFINITY],
+                        ..Default::default()
+                    },
+                    ..spec.clone()
+                },
+                "--l2 inf",
+            ),
+            (
+                ProbeSpec {
+                    data: dir.path().join("missing"),
+                    ..spec.clone()
+                },
+                "missing",
+            ),
+        ] {
+            let e = err(&bad);
+            assert!(e.contains(want), "{want}: {e}");
+        }
+    }
+
+    #[test]
+    fn layers_raw_pixels_and_a_concatenation_in_one_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = igpt_core::Config {
+            vocab: 16,
+            side: 7,
+            width: 16,
+            heads: 2,
+            layers: 2,
+        };
+        let gpt: Gpt<f32, Cpu> = Gpt::init(&Cpu::default(), config, None, 3);
+        let palette = crate::data::palette::uniform_grid(1, 16).unwrap();
+        let ck = dir.path().join("ck.safetensors");
+        crate::io::checkpoint::Checkpoint::from_model(&gpt, Some(palette))
+            .save(&ck)
+            .unwrap();
+        let out = dir.path().join("probe");
+        let spec = ProbeSpec {
+            checkpoint: Some(ck.clone()),
+            raw_pixels: false,
+            with_raw_pixels: true,
+            side: None,
+            concat: Some(Concat::Around(1)),
+            limit: (200, 60),
+            ..raw_spec(&out)
+        };
+        let o = run_spec(&spec, false).unwrap();
+        assert_eq!(
+            o.layers.iter().map(|l| l.0).collect::<Vec<_>>(),
+            vec![0, 1, 2]
+        );
+        let best = o.layers[o.best.unwrap()].0;
+        let (ls, cr) = o.concat.as_ref().unwrap();
+        assert_eq!(
+            *ls,
+            (best.saturating_sub(1)..=(best + 1).min(2)).collect::<Vec<_>>()
+        );
+        assert_eq!(cr.standardizer.mean.len(), 16 * ls.len());
+        let (raw, geometry) = o.raw.as_ref().unwrap();
+        assert_eq!(
+            *geometry,
+            (7, 1),
+            "the model's side, the palette's channels"
+        );
+        // The same images as the layers: the raw pixels alone give the same probe.
+        let alone = ProbeSpec {
+            limit: (200, 60),
+            ..raw_spec(&dir.path().join("raw"))
+        };
+        let alone = run_spec(&alone, false).unwrap();
+        let alone = &alone.raw.as_ref().unwrap().0;
+        assert_eq!(alone.standardizer, raw.standardizer);
+        assert_eq!(alone.l2, raw.l2);
+        let j = json(&out.join("probe.json"));
+        let variants: Vec<&str> = j["variants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["variant"].as_str().unwrap())
+            .collect();
+        assert_eq!(variants, ["best_layer", "concat", "raw_pixels"]);
+        assert_eq!(j["variants"][0]["headline"], true);
+        assert_eq!(j["best_layer"], best.to_string());
+        assert_eq!(j["layers"].as_array().unwrap().len(), 3);
+        assert!(j["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["variant"] == "layer"));
+        assert_eq!(j["concat"]["layers"], serde_json::json!(ls));
+        let head = ProbeHead::load(&out.join("probe-head.json"), 16).unwrap();
+        assert_eq!(head.layer, ProbeLayer::Layer(best));
+        let cat = ProbeHead::load(&out.join("probe-head-concat.json"), 16).unwrap();
+        assert_eq!(cat.layer, ProbeLayer::Concat(ls.clone()));
+        assert!(out.join("probe.png").is_file());
+        // Chosen layers, and their errors.
+        let two = ProbeSpec {
+            concat: Some(Concat::Layers(vec![2, 0])),
+            with_raw_pixels: false,
+            ..spec.clone()
+        };
+        let o2 = run_spec(&two, false).unwrap();
+        assert_eq!(o2.concat.as_ref().unwrap().0, vec![2, 0]);
+        assert!(o2.raw.is_none());
+        for (ls, want) in [
+            (vec![0, 3], "--concat-layers 3"),
+            (vec![1, 1], "twice"),
+            (vec![1], "two layers"),
+        ] {
+            let bad = ProbeSpec {
+                concat: Some(Concat::Layers(ls)),
+                ..spec.clone()
+            };
+            let e = err(&bad);
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        let e = err(&ProbeSpec {
+            layers: Some(vec![4]),
+            ..spec.clone()
+        });
+        assert!(e.contains("--layers 4"), "{e}");
+        // The demo's form runs through the same path.
+        let legacy = ProbeRun {
+            checkpoint: ck,
+            data: subset(),
+            layers: Some(vec![1]),
+            labels_per_class: None,
+            raw_pixels: false,
+            limit: (200, 60),
+            out: dir.path().join("legacy"),
+            batch: 16,
+            cfg: ProbeConfig::default(),
+        };
+        let pairs = run(&legacy, false).unwrap();
+        assert_eq!(pairs.len(), 1);
+        assert_eq!(pairs[0].0, 1);
+        assert_eq!(pairs[0].1.l2, o.layers[1].1.l2);
+    }
 }
