@@ -109,25 +109,35 @@ impl KernelSet {
         }
     }
 
+    /// The CPU flags the set needs (`/proc/cpuinfo` spelling), each with whether this
+    /// CPU has it (checked at run time). Empty off x86-64.
+    fn flags(self) -> Vec<(&'static str, bool)> {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            match self {
+                KernelSet::Portable => Vec::new(),
+                KernelSet::Avx2 => vec![("avx2", has!("avx2"))],
+                KernelSet::AvxVnni => vec![("avx2", has!("avx2")), ("avx_vnni", has!("avxvnni"))],
+                KernelSet::Avx512 => vec![
+                    ("avx512f", has!("avx512f")),
+                    ("avx512bw", has!("avx512bw")),
+                    ("avx512_vnni", has!("avx512vnni")),
+                ],
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = self;
+            Vec::new()
+        }
+    }
+
     /// True when this CPU runs the set (checked at run time).
     pub fn supported(self) -> bool {
         match self {
             KernelSet::Portable => true,
-            #[cfg(target_arch = "x86_64")]
-            KernelSet::Avx2 => std::arch::is_x86_feature_detected!("avx2"),
-            #[cfg(target_arch = "x86_64")]
-            KernelSet::AvxVnni => {
-                std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("avxvnni")
-            }
-            #[cfg(target_arch = "x86_64")]
-            KernelSet::Avx512 => {
-                std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512bw")
-                    && std::arch::is_x86_feature_detected!("avx512vnni")
-            }
-            #[cfg(not(target_arch = "x86_64"))]
-            _ => false,
+            _ => cfg!(target_arch = "x86_64") && self.flags().iter().all(|&(_, has)| has),
         }
     }
 
@@ -178,9 +188,15 @@ impl KernelSet {
         if self.supported() {
             None
         } else if cfg!(target_arch = "x86_64") {
+            let missing: Vec<_> = self
+                .flags()
+                .into_iter()
+                .filter(|&(_, has)| !has)
+                .map(|(f, _)| f)
+                .collect();
             Some(format!(
                 "this CPU lacks {} (it runs: {})",
-                self.needs(),
+                missing.join(", "),
                 Self::runs()
             ))
         } else {
