@@ -612,10 +612,11 @@ pub unsafe fn gelu_quant(h: &mut [f32], q: &mut [i8], s: &mut [f32]) {
         let p = hp.add(g0 * GROUP);
         let mut m = [_mm256_setzero_ps(); 8];
         for (g, mg) in m.iter_mut().enumerate() {
-            for i in (0..GROUP).step_by(8) {
-                let y = gelu8(_mm256_loadu_ps(p.add(g * GROUP + i)));
-                _mm256_storeu_ps(p.add(g * GROUP + i), y);
-                *mg = max_abs(y, *mg);
+            let at = p.add(g * GROUP);
+            let y = gelu8x([0, 8, 16, 24].map(|i| _mm256_loadu_ps(at.add(i))));
+            for (i, &yi) in y.iter().enumerate() {
+                _mm256_storeu_ps(at.add(8 * i), yi);
+                *mg = max_abs(yi, *mg);
             }
         }
         let inv = scales8(reduce_max_8x8(&m), sp.add(g0));
@@ -638,9 +639,17 @@ pub unsafe fn gelu_quant(h: &mut [f32], q: &mut [i8], s: &mut [f32]) {
 #[inline]
 #[target_feature(enable = "avx2")]
 unsafe fn gelu8(v: __m256) -> __m256 {
+    gelu8x([v])[0]
+}
+
+/// [`gelu8`] on `N` vectors, step by step across them (see [`exp8x`]).
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn gelu8x<const N: usize>(v: [__m256; N]) -> [__m256; N] {
     let c = _mm256_set1_ps(-igpt_core::model::QUICK_GELU);
-    let e = exp8(_mm256_mul_ps(c, v));
-    _mm256_div_ps(v, _mm256_add_ps(_mm256_set1_ps(1.0), e))
+    let e = exp8x(v.map(|x| _mm256_mul_ps(c, x)));
+    let one = _mm256_set1_ps(1.0);
+    std::array::from_fn(|i| _mm256_div_ps(v[i], _mm256_add_ps(one, e[i])))
 }
 
 /// igpt-core's `fast_exp` on 8 lanes, operation for operation (no fused multiply-adds,
@@ -651,24 +660,41 @@ unsafe fn gelu8(v: __m256) -> __m256 {
 #[inline]
 #[target_feature(enable = "avx2")]
 pub unsafe fn exp8(x: __m256) -> __m256 {
+    exp8x([x])[0]
+}
+
+/// [`exp8`] on `N` vectors, each step on all of them before the next: the polynomial is
+/// one long dependency chain, and a CPU's scheduler holds only a few chains written one
+/// after another, so interleaving them in the instruction stream is what lets them
+/// overlap.
+#[inline]
+#[target_feature(enable = "avx2")]
+unsafe fn exp8x<const N: usize>(x: [__m256; N]) -> [__m256; N] {
     const ROUND: f32 = 12_582_912.0;
     let s = _mm256_set1_ps;
     // `f32::clamp`: NaN stays NaN (`vmaxps` / `vminps` return the second operand when
     // either is NaN, so the input goes second).
-    let x = _mm256_min_ps(s(88.0), _mm256_max_ps(s(-87.0), x));
-    let n = _mm256_mul_ps(x, s(std::f32::consts::LOG2_E));
-    let n = _mm256_sub_ps(_mm256_add_ps(n, s(ROUND)), s(ROUND));
-    let r = _mm256_sub_ps(x, _mm256_mul_ps(n, s(0.693_145_75)));
-    let r = _mm256_sub_ps(r, _mm256_mul_ps(n, s(1.428_606_8e-6)));
-    let mut p = s(1.0 / 720.0);
-    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-        p = _mm256_add_ps(_mm256_mul_ps(p, r), s(c));
+    let x = x.map(|x| _mm256_min_ps(s(88.0), _mm256_max_ps(s(-87.0), x)));
+    let n = x.map(|x| _mm256_mul_ps(x, s(std::f32::consts::LOG2_E)));
+    let n = n.map(|n| _mm256_sub_ps(_mm256_add_ps(n, s(ROUND)), s(ROUND)));
+    let mut r: [__m256; N] =
+        std::array::from_fn(|i| _mm256_sub_ps(x[i], _mm256_mul_ps(n[i], s(0.693_145_75))));
+    for (ri, &ni) in r.iter_mut().zip(&n) {
+        *ri = _mm256_sub_ps(*ri, _mm256_mul_ps(ni, s(1.428_606_8e-6)));
     }
-    let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
-        _mm256_cvttps_epi32(n),
-        _mm256_set1_epi32(127),
-    ));
-    _mm256_mul_ps(p, _mm256_castsi256_ps(bits))
+    let mut p = [s(1.0 / 720.0); N];
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        for (pi, &ri) in p.iter_mut().zip(&r) {
+            *pi = _mm256_add_ps(_mm256_mul_ps(*pi, ri), s(c));
+        }
+    }
+    std::array::from_fn(|i| {
+        let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvttps_epi32(n[i]),
+            _mm256_set1_epi32(127),
+        ));
+        _mm256_mul_ps(p[i], _mm256_castsi256_ps(bits))
+    })
 }
 
 /// All-ones in the lanes of 8-lane block `b` below `seen`.
@@ -881,20 +907,38 @@ unsafe fn softmax_row(p: *mut f32, seen: usize) {
         m1 = _mm256_max_ps(x, m1);
     }
     let m = _mm256_set1_ps(hmax(_mm256_max_ps(m0, m1)));
-    let e = |at: usize| {
-        let e = exp8(_mm256_sub_ps(_mm256_loadu_ps(p.add(at)), m));
-        _mm256_storeu_ps(p.add(at), e);
-        e
+    // exp of the blocks b..b+N, stored.
+    let e = |b: usize, n: usize| {
+        let x = |k: usize| _mm256_sub_ps(_mm256_loadu_ps(p.add(8 * (b + k))), m);
+        let mut out = [_mm256_setzero_ps(); 4];
+        match n {
+            4 => out = exp8x([x(0), x(1), x(2), x(3)]),
+            2 => out[..2].copy_from_slice(&exp8x([x(0), x(1)])),
+            _ => out[0] = exp8(x(0)),
+        }
+        for (k, &ek) in out.iter().enumerate().take(n) {
+            _mm256_storeu_ps(p.add(8 * (b + k)), ek);
+        }
+        out
     };
     let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     let mut b = 0;
-    while b + 2 <= full {
-        lo = _mm256_add_ps(lo, e(8 * b));
-        hi = _mm256_add_ps(hi, e(8 * b + 8));
+    // Four blocks at a time (their exponentials interleaved), then two, then one; even
+    // blocks into `lo`, odd into `hi`, each in order.
+    while b + 4 <= full {
+        let x = e(b, 4);
+        lo = _mm256_add_ps(_mm256_add_ps(lo, x[0]), x[2]);
+        hi = _mm256_add_ps(_mm256_add_ps(hi, x[1]), x[3]);
+        b += 4;
+    }
+    if b + 2 <= full {
+        let x = e(b, 2);
+        lo = _mm256_add_ps(lo, x[0]);
+        hi = _mm256_add_ps(hi, x[1]);
         b += 2;
     }
     if b < full {
-        lo = _mm256_add_ps(lo, e(8 * b));
+        lo = _mm256_add_ps(lo, e(b, 1)[0]);
     }
     if tail > 0 {
         let at = 8 * full;

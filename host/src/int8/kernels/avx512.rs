@@ -334,11 +334,13 @@ pub unsafe fn gelu_quant(h: &mut [f32], q: &mut [i8], s: &mut [f32]) {
     while g0 + 16 <= ng {
         let p = hp.add(g0 * GROUP);
         let mut m = [_mm512_setzero_ps(); 16];
-        for (g, mg) in m.iter_mut().enumerate() {
-            for i in [0, 16] {
-                let y = gelu16(_mm512_loadu_ps(p.add(g * GROUP + i)));
-                _mm512_storeu_ps(p.add(g * GROUP + i), y);
-                *mg = _mm512_max_ps(_mm512_abs_ps(y), *mg);
+        // Two groups (four vectors) at a time, their exponentials interleaved.
+        for (g2, mg) in m.chunks_exact_mut(2).enumerate() {
+            let at = p.add(2 * g2 * GROUP);
+            let y = gelu16x([0, 16, 32, 48].map(|i| _mm512_loadu_ps(at.add(i))));
+            for (i, &yi) in y.iter().enumerate() {
+                _mm512_storeu_ps(at.add(16 * i), yi);
+                mg[i / 2] = _mm512_max_ps(_mm512_abs_ps(yi), mg[i / 2]);
             }
         }
         let inv = scales16(reduce_16x16::<true>(&m), sp.add(g0));
@@ -361,9 +363,17 @@ pub unsafe fn gelu_quant(h: &mut [f32], q: &mut [i8], s: &mut [f32]) {
 #[inline]
 #[target_feature(enable = "avx512f")]
 unsafe fn gelu16(v: __m512) -> __m512 {
+    gelu16x([v])[0]
+}
+
+/// [`gelu16`] on `N` vectors, step by step across them (see [`exp16x`]).
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn gelu16x<const N: usize>(v: [__m512; N]) -> [__m512; N] {
     let c = _mm512_set1_ps(-igpt_core::model::QUICK_GELU);
-    let e = exp16(_mm512_mul_ps(c, v));
-    _mm512_div_ps(v, _mm512_add_ps(_mm512_set1_ps(1.0), e))
+    let e = exp16x(v.map(|x| _mm512_mul_ps(c, x)));
+    let one = _mm512_set1_ps(1.0);
+    std::array::from_fn(|i| _mm512_div_ps(v[i], _mm512_add_ps(one, e[i])))
 }
 
 /// `a max b` (`MAX`) or `a + b`.
@@ -439,24 +449,41 @@ unsafe fn scales16(amax: __m512, s: *mut f32) -> [f32; 16] {
 #[inline]
 #[target_feature(enable = "avx512f")]
 pub unsafe fn exp16(x: __m512) -> __m512 {
+    exp16x([x])[0]
+}
+
+/// [`exp16`] on `N` vectors, each step on all of them before the next: the polynomial is
+/// one long dependency chain, and a CPU's scheduler holds only a few chains written one
+/// after another, so interleaving them in the instruction stream is what lets them
+/// overlap.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp16x<const N: usize>(x: [__m512; N]) -> [__m512; N] {
     const ROUND: f32 = 12_582_912.0;
     let s = _mm512_set1_ps;
     // `f32::clamp`: NaN stays NaN. `vmaxps` / `vminps` return their second operand when
     // either is NaN, so the input goes second.
-    let x = _mm512_min_ps(s(88.0), _mm512_max_ps(s(-87.0), x));
-    let n = _mm512_mul_ps(x, s(std::f32::consts::LOG2_E));
-    let n = _mm512_sub_ps(_mm512_add_ps(n, s(ROUND)), s(ROUND));
-    let r = _mm512_sub_ps(x, _mm512_mul_ps(n, s(0.693_145_75)));
-    let r = _mm512_sub_ps(r, _mm512_mul_ps(n, s(1.428_606_8e-6)));
-    let mut p = s(1.0 / 720.0);
-    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
-        p = _mm512_add_ps(_mm512_mul_ps(p, r), s(c));
+    let x = x.map(|x| _mm512_min_ps(s(88.0), _mm512_max_ps(s(-87.0), x)));
+    let n = x.map(|x| _mm512_mul_ps(x, s(std::f32::consts::LOG2_E)));
+    let n = n.map(|n| _mm512_sub_ps(_mm512_add_ps(n, s(ROUND)), s(ROUND)));
+    let mut r: [__m512; N] =
+        std::array::from_fn(|i| _mm512_sub_ps(x[i], _mm512_mul_ps(n[i], s(0.693_145_75))));
+    for (ri, &ni) in r.iter_mut().zip(&n) {
+        *ri = _mm512_sub_ps(*ri, _mm512_mul_ps(ni, s(1.428_606_8e-6)));
     }
-    let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(
-        _mm512_cvttps_epi32(n),
-        _mm512_set1_epi32(127),
-    ));
-    _mm512_mul_ps(p, _mm512_castsi512_ps(bits))
+    let mut p = [s(1.0 / 720.0); N];
+    for c in [1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+        for (pi, &ri) in p.iter_mut().zip(&r) {
+            *pi = _mm512_add_ps(_mm512_mul_ps(*pi, ri), s(c));
+        }
+    }
+    std::array::from_fn(|i| {
+        let bits = _mm512_slli_epi32::<23>(_mm512_add_epi32(
+            _mm512_cvttps_epi32(n[i]),
+            _mm512_set1_epi32(127),
+        ));
+        _mm512_mul_ps(p[i], _mm512_castsi512_ps(bits))
+    })
 }
 
 /// The lanes' sum in igpt-core's `sum_f32` tree order: `l + (l+8)`, then `+4`, `+2`,
