@@ -10,6 +10,7 @@
 //! README), since trained activations are less uniform than random ones.
 
 use igpt::int8::export::{export, ProbeHead};
+use igpt::int8::kernels::{KernelSet, Packed};
 use igpt::io::checkpoint::Checkpoint;
 use igpt::io::hf;
 use igpt_core::format::{MAGIC, VERSION};
@@ -235,14 +236,20 @@ fn every_truncation_and_byte_flip_errs_or_verifies() {
                 if let Ok(s) = s.as_mut() {
                     let img = vec![1u16; m.config().seq_len()];
                     let plain = m.classify(&img, s);
-                    // The host's vector kernels too (flipped scales can make NaN or
-                    // infinities): no panic, and the same result as the portable code.
-                    if let Ok(packed) = igpt::int8::kernels::Packed::new(&m) {
+                    // The host's vector kernels too, every set this CPU runs (flipped
+                    // scales can make NaN or infinities, a flipped weight -128): no
+                    // panic, and the same result as the portable code.
+                    for set in KernelSet::available() {
+                        let packed = Packed::with_kernels(&m, set).unwrap();
                         let fast = igpt::int8::run::classify(&m, &mut packed.ops(), &img, s);
                         if let (Ok(a), Ok(b)) = (&plain, &fast) {
                             let bits =
                                 |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                            assert_eq!((a.class, bits(&a.probs)), (b.class, bits(&b.probs)));
+                            assert_eq!(
+                                (a.class, bits(&a.probs)),
+                                (b.class, bits(&b.probs)),
+                                "{set}, flip {i}"
+                            );
                         } else {
                             assert_eq!(plain.is_ok(), fast.is_ok());
                         }
@@ -311,21 +318,32 @@ fn bench_runs_on_a_file_cut_at_probe_layer_zero() {
     assert_eq!(twin.params.blocks.len(), 0);
 }
 
+/// The vector kernel sets this CPU runs; a line for each it lacks (those are not
+/// compared here).
+fn vector_sets(test: &str) -> Vec<KernelSet> {
+    let mut run = Vec::new();
+    for k in KernelSet::ALL.into_iter().skip(1) {
+        if k.supported() {
+            run.push(k);
+        } else {
+            eprintln!("{test}: skipped {k}: this CPU lacks {}", k.needs());
+        }
+    }
+    run
+}
+
 #[test]
 fn host_vector_kernels_equal_the_portable_core() {
-    use igpt::int8::kernels::{simd_available, Packed};
-    if !simd_available() {
-        eprintln!("skipped: this CPU has no AVX-512 VNNI, the host's vector kernels never run");
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let sets = vector_sets("host_vector_kernels_equal_the_portable_core");
+    if sets.is_empty() {
+        eprintln!("skipped: this CPU runs no host vector kernels, only the portable ones");
         return;
     }
-    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     // The tiny HF model (d 32, head width 16): every kernel takes it.
     let (ck, bytes) = tiny_file(false);
     let c = ck.config;
     let model = Model::parse(&bytes).unwrap();
-    let packed = Packed::new(&model).unwrap();
-    assert!(packed.simd());
-    let mut ops = packed.ops();
     let (mut fb, mut qb) = buffers(&c);
     let mut s = igpt_core::Scratch::new(&c, &mut fb, &mut qb).unwrap();
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
@@ -333,39 +351,88 @@ fn host_vector_kernels_equal_the_portable_core() {
         .map(|_| rng.gen_range(0..c.vocab as u16))
         .collect();
     let mut plain = vec![0f32; c.seq_len() * c.vocab];
-    let mut fast = plain.clone();
     model.logits(&img, &mut s, &mut plain).unwrap();
-    igpt::int8::run::logits(&model, &mut ops, &img, &mut s, &mut fast).unwrap();
-    assert_eq!(bits(&fast), bits(&plain));
-    let mut kv = vec![0f32; igpt_core::kv_f32_len(&c)];
-    let mut cache = KvCache::new(&c, &mut kv).unwrap();
-    let mut step = vec![0f32; c.vocab];
-    for t in 0..c.seq_len() {
-        let id = if t == 0 { c.sos() as u16 } else { img[t - 1] };
-        model
-            .step_with(&mut ops, id, &mut cache, &mut s, &mut step)
-            .unwrap();
-        assert_eq!(bits(&step), bits(&plain[t * c.vocab..(t + 1) * c.vocab]));
-    }
-    // The committed Fashion-MNIST firmware model (trained; d 128, head width 32).
+    // The trained Fashion-MNIST firmware model (d 128, head width 32).
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../firmware-examples/models/fm-fw.igpt"
     );
-    let bytes = std::fs::read(path).unwrap();
-    let model = Model::parse(&bytes).unwrap();
-    let c = *model.config();
-    let packed = Packed::new(&model).unwrap();
-    let mut ops = packed.ops();
-    let (mut fb, mut qb) = buffers(&c);
-    let mut s = igpt_core::Scratch::new(&c, &mut fb, &mut qb).unwrap();
-    for _ in 0..10 {
-        let img: Vec<u16> = (0..c.seq_len())
-            .map(|_| rng.gen_range(0..c.vocab as u16))
-            .collect();
-        let a = model.classify(&img, &mut s).unwrap();
-        let b = igpt::int8::run::classify(&model, &mut ops, &img, &mut s).unwrap();
-        assert_eq!(a.class, b.class);
-        assert_eq!(bits(&a.probs), bits(&b.probs));
+    let fw_bytes = std::fs::read(path).unwrap();
+    let fw = Model::parse(&fw_bytes).unwrap();
+    let fc = *fw.config();
+    let (mut ffb, mut fqb) = buffers(&fc);
+    let mut fs = igpt_core::Scratch::new(&fc, &mut ffb, &mut fqb).unwrap();
+    let fw_images: Vec<Vec<u16>> = (0..10)
+        .map(|_| {
+            (0..fc.seq_len())
+                .map(|_| rng.gen_range(0..fc.vocab as u16))
+                .collect()
+        })
+        .collect();
+    let fw_plain: Vec<_> = fw_images
+        .iter()
+        .map(|img| fw.classify(img, &mut fs).unwrap())
+        .collect();
+    for set in sets {
+        let packed = Packed::with_kernels(&model, set).unwrap();
+        assert_eq!(packed.kernels(), set);
+        let mut ops = packed.ops();
+        let mut fast = vec![0f32; plain.len()];
+        igpt::int8::run::logits(&model, &mut ops, &img, &mut s, &mut fast).unwrap();
+        assert_eq!(bits(&fast), bits(&plain), "{set}: logits");
+        let mut kv = vec![0f32; igpt_core::kv_f32_len(&c)];
+        let mut cache = KvCache::new(&c, &mut kv).unwrap();
+        let mut step = vec![0f32; c.vocab];
+        for t in 0..c.seq_len() {
+            let id = if t == 0 { c.sos() as u16 } else { img[t - 1] };
+            model
+                .step_with(&mut ops, id, &mut cache, &mut s, &mut step)
+                .unwrap();
+            assert_eq!(
+                bits(&step),
+                bits(&plain[t * c.vocab..(t + 1) * c.vocab]),
+                "{set}: step {t}"
+            );
+        }
+        let packed = Packed::with_kernels(&fw, set).unwrap();
+        let mut ops = packed.ops();
+        for (img, a) in fw_images.iter().zip(&fw_plain) {
+            let b = igpt::int8::run::classify(&fw, &mut ops, img, &mut fs).unwrap();
+            assert_eq!(a.class, b.class, "{set}");
+            assert_eq!(bits(&a.probs), bits(&b.probs), "{set}: probabilities");
+        }
+        eprintln!(
+            "{set}: logits, {} KV-cached steps and 10 fm-fw classifications equal the portable core",
+            c.seq_len()
+        );
     }
+}
+
+#[test]
+fn forcing_a_kernel_set_the_cpu_lacks_is_an_error() {
+    let (_, bytes) = tiny_file(false);
+    let model = Model::parse(&bytes).unwrap();
+    let mut refused = 0;
+    for set in KernelSet::ALL {
+        match Packed::with_kernels(&model, set) {
+            Ok(p) => {
+                assert!(set.supported());
+                assert_eq!(p.kernels(), set);
+            }
+            Err(e) => {
+                assert!(!set.supported());
+                let line = format!("{e:#}");
+                assert!(
+                    line.contains(set.name()) && line.contains("lacks"),
+                    "{line}"
+                );
+                refused += 1;
+            }
+        }
+    }
+    eprintln!(
+        "{refused} of {} kernel sets refused on this CPU (it runs: {:?})",
+        KernelSet::ALL.len(),
+        KernelSet::available()
+    );
 }

@@ -105,14 +105,24 @@ pub fn bench_infer_cmd(a: BenchInferArgs) -> Result<()> {
         c.probe_macs(layer, classes) / 1_000_000,
         a.images
     );
-    let kernels = if r.simd {
-        "host AVX-512 VNNI kernels"
-    } else {
-        "portable kernels: this CPU has no AVX-512 VNNI"
+    let chosen = match std::env::var(igpt::int8::kernels::KERNELS_ENV) {
+        Ok(v) if !v.trim().is_empty() => {
+            format!("forced by {}={v}", igpt::int8::kernels::KERNELS_ENV)
+        }
+        _ => format!(
+            "the best this CPU runs; {}=portable|avx2|avxvnni|avx512 forces one",
+            igpt::int8::kernels::KERNELS_ENV
+        ),
     };
     println!(
-        "int8 igpt-core:  {:8.2} images/s (one image at a time, {kernels}; best of {} rounds)",
+        "kernels={} ({}; {chosen})",
+        r.kernels.name(),
+        r.kernels.describe()
+    );
+    println!(
+        "int8 igpt-core:  {:8.2} images/s (one image at a time, {} kernels; best of {} rounds)",
         r.int8,
+        r.kernels.name(),
         a.rounds.max(1)
     );
     println!(
@@ -126,6 +136,12 @@ pub fn bench_infer_cmd(a: BenchInferArgs) -> Result<()> {
         a.rounds.max(1)
     );
     println!("f32 dfdx:        {:8.2} images/s (batch 1)", r.f32_single);
+    if let (Some(i), Some(f), Some(x)) = (r.int8_cpu, r.f32_batched_cpu, r.cpu_speedup()) {
+        println!(
+            "per CPU-second:  int8 {i:.2}, f32 batch {} {f:.2} images; ratio {x:.2} (time waiting for a core left out)",
+            a.batch
+        );
+    }
     println!("speedup={:.2}", r.speedup());
     Ok(())
 }

@@ -1,13 +1,12 @@
 //! Running igpt-core's int8 model on the host: `classify`, `eval` and `bench infer`.
 
 use crate::int8::export::{dequantized, probe_head};
-use crate::int8::kernels::{FastOps, Packed};
+use crate::int8::kernels::{FastOps, KernelSet, Packed};
 use crate::io::checkpoint::Checkpoint;
 use crate::nn::{Capture, Captures, Gpt};
 use anyhow::{Context, Result};
 use dfdx::prelude::{Cpu, NoneTape};
 use igpt_core::{scratch_f32_len, scratch_i8_len, Config, Model, Prediction, Scratch};
-use multiversion::multiversion;
 use rayon::prelude::*;
 use std::path::Path;
 
@@ -32,37 +31,91 @@ impl Buffers {
     }
 }
 
-/// `model.classify_with(ops)`: the heavy operations run by the vector kernels of
-/// [`crate::int8::kernels`], the rest of the forward compiled for the best vector extension
-/// this CPU has (igpt-core's forward is `#[inline(always)]`, so all of it is recompiled
-/// here). Results equal the portable path's bit for bit.
-#[multiversion(targets(
-    "x86_64+avx512f+avx512bw+avx512dq+avx512vl+avx512vnni",
-    "x86_64+avx2+fma"
-))]
-pub fn classify(
-    model: &Model<'_>,
-    ops: &mut FastOps<'_>,
-    image: &[u16],
-    s: &mut Scratch<'_>,
-) -> igpt_core::Result<Prediction> {
-    model.classify_with(ops, image, s)
+/// What the rest of the forward (igpt-core's code around the `Ops` calls, and the
+/// portable fallbacks) is compiled for: the instruction set of the kernels, so a forced
+/// `IGPT_KERNELS=avx2` runs as on an AVX2 machine; the portable set takes the best this
+/// CPU has, as a CPU without vector kernels would.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Generic,
 }
 
-/// `model.logits_with(ops)`, dispatched like [`classify`].
-#[multiversion(targets(
-    "x86_64+avx512f+avx512bw+avx512dq+avx512vl+avx512vnni",
-    "x86_64+avx2+fma"
-))]
-pub fn logits(
-    model: &Model<'_>,
-    ops: &mut FastOps<'_>,
-    image: &[u16],
-    s: &mut Scratch<'_>,
-    out: &mut [f32],
-) -> igpt_core::Result<()> {
-    model.logits_with(ops, image, s, out)
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+impl Target {
+    fn of(k: KernelSet) -> Target {
+        #[cfg(target_arch = "x86_64")]
+        {
+            use std::arch::is_x86_feature_detected as has;
+            let avx512 = has!("avx512f")
+                && has!("avx512bw")
+                && has!("avx512dq")
+                && has!("avx512vl")
+                && has!("avx512vnni");
+            let avx2 = has!("avx2") && has!("fma");
+            match k {
+                KernelSet::Avx512 | KernelSet::Portable if avx512 => return Target::Avx512,
+                KernelSet::Avx2 | KernelSet::AvxVnni | KernelSet::Portable if avx2 => {
+                    return Target::Avx2
+                }
+                _ => {}
+            }
+        }
+        let _ = k;
+        Target::Generic
+    }
 }
+
+/// The forward `$call` (a method of `Model` taking `ops` first) compiled three ways.
+macro_rules! dispatched {
+    ($(#[$doc:meta])* $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty, $call:ident) => {
+        $(#[$doc])*
+        pub fn $name(model: &Model<'_>, ops: &mut FastOps<'_>, $($arg: $ty),*) -> $ret {
+            #[cfg(target_arch = "x86_64")]
+            {
+                // Safety: callers check the CPU has the features (`Target::of`).
+                #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl,avx512vnni")]
+                unsafe fn avx512(model: &Model<'_>, ops: &mut FastOps<'_>, $($arg: $ty),*) -> $ret {
+                    model.$call(ops, $($arg),*)
+                }
+                // Safety: as above.
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2(model: &Model<'_>, ops: &mut FastOps<'_>, $($arg: $ty),*) -> $ret {
+                    model.$call(ops, $($arg),*)
+                }
+                match Target::of(ops.kernels()) {
+                    // SAFETY: `Target::of` returned it only where the CPU has these
+                    // features.
+                    Target::Avx512 => return unsafe { avx512(model, ops, $($arg),*) },
+                    // SAFETY: as above.
+                    Target::Avx2 => return unsafe { avx2(model, ops, $($arg),*) },
+                    Target::Generic => {}
+                }
+            }
+            model.$call(ops, $($arg),*)
+        }
+    };
+}
+
+dispatched!(
+    /// `model.classify_with(ops)`: the heavy operations run by the vector kernels of
+    /// [`crate::int8::kernels`] (the set `ops` was packed for), the rest of the forward
+    /// compiled for that set's instruction set (igpt-core's forward is
+    /// `#[inline(always)]`, so all of it is recompiled here). Results equal the portable
+    /// path's bit for bit.
+    classify(image: &[u16], s: &mut Scratch<'_>) -> igpt_core::Result<Prediction>,
+    classify_with
+);
+
+dispatched!(
+    /// `model.logits_with(ops)`, dispatched like [`classify`].
+    logits(image: &[u16], s: &mut Scratch<'_>, out: &mut [f32]) -> igpt_core::Result<()>,
+    logits_with
+);
 
 /// Firmware test vectors (igpt-core's `vectors` format) of the first `count` test images
 /// of `data`: tokens, labels and this host's int8 prediction (with the vector kernels;
@@ -258,7 +311,8 @@ pub fn eval(
 /// What `bench infer` measured, in images/s.
 #[derive(Debug, Clone, Copy)]
 pub struct InferBench {
-    /// The core's int8 probe forward with the host's vector kernels, one image at a time.
+    /// The core's int8 probe forward with the host's vector kernels (set [`Self::kernels`]),
+    /// one image at a time.
     pub int8: f64,
     /// The same forward with the core's portable kernels (what the vector kernels buy).
     pub int8_portable: f64,
@@ -266,8 +320,14 @@ pub struct InferBench {
     pub f32_batched: f64,
     /// The f32 dfdx forward one image at a time.
     pub f32_single: f64,
-    /// True when the vector kernels ran (AVX-512 VNNI present).
-    pub simd: bool,
+    /// The kernel set of the `int8` figure (`IGPT_KERNELS`, or the best this CPU has).
+    pub kernels: KernelSet,
+    /// `int8` in images per second of this process's CPU time (best round), where the
+    /// platform tells: on a machine shared with other jobs, time spent waiting for a core
+    /// does not count.
+    pub int8_cpu: Option<f64>,
+    /// `f32_batched` in images per second of CPU time (best round).
+    pub f32_batched_cpu: Option<f64>,
 }
 
 impl InferBench {
@@ -275,13 +335,61 @@ impl InferBench {
     pub fn speedup(&self) -> f64 {
         self.int8 / self.f32_batched.max(self.f32_single)
     }
+
+    /// int8 over batched f32, both in images per CPU-second.
+    pub fn cpu_speedup(&self) -> Option<f64> {
+        Some(self.int8_cpu? / self.f32_batched_cpu?)
+    }
+}
+
+/// Seconds of CPU time used by this process, all threads (Linux; `None` elsewhere).
+fn cpu_seconds() -> Option<f64> {
+    #[cfg(target_os = "linux")]
+    {
+        let mut t = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec through a valid, exclusive pointer.
+        if unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut t) } == 0 {
+            return Some(t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9);
+        }
+    }
+    None
+}
+
+/// Wall and CPU clocks started together.
+struct Clock(std::time::Instant, Option<f64>);
+
+impl Clock {
+    fn start() -> Clock {
+        Clock(std::time::Instant::now(), cpu_seconds())
+    }
+
+    /// `n` per second of wall time, and per second of CPU time.
+    fn rates(&self, n: usize) -> (f64, Option<f64>) {
+        let wall = n as f64 / self.0.elapsed().as_secs_f64();
+        let cpu = match (self.1, cpu_seconds()) {
+            (Some(a), Some(b)) if b > a => Some(n as f64 / (b - a)),
+            _ => None,
+        };
+        (wall, cpu)
+    }
+}
+
+/// The larger of two optional rates.
+fn best(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// `bench infer`: the probe forward of `images` by the core's int8 path (one image at a
 /// time) and by the f32 dfdx forward of the same model (the file's weights dequantized;
 /// both stop at the probe layer), on the current thread pool. The int8 and batched f32
 /// passes alternate for `rounds` rounds and each keeps its best round, so a burst of load
-/// from other processes does not decide the ratio.
+/// from other processes does not decide the ratio; each is also timed by CPU time.
 pub fn bench(
     model: &Model<'_>,
     images: &[Vec<u16>],
@@ -293,15 +401,15 @@ pub fn bench(
     let mut b = Buffers::new(&c);
     let mut s = b.scratch(&c)?;
     let packed = Packed::new(model)?;
-    let portable = Packed::with_simd(model, false)?;
+    let portable = Packed::with_kernels(model, KernelSet::Portable)?;
     let mut sink = 0usize;
-    let mut int8_pass = |p: &Packed| -> Result<f64> {
+    let mut int8_pass = |p: &Packed| -> Result<(f64, Option<f64>)> {
         let mut ops = p.ops();
-        let t0 = std::time::Instant::now();
+        let t0 = Clock::start();
         for img in images {
             sink += classify(model, &mut ops, img, &mut s)?.class;
         }
-        Ok(images.len() as f64 / t0.elapsed().as_secs_f64())
+        Ok(t0.rates(images.len()))
     };
     // f32: the stored blocks only, so both stop at the probe layer.
     let mut gpt = dequantized(model)?;
@@ -311,7 +419,7 @@ pub fn bench(
         gpt.config.layers = layer;
     }
     let f32_pass = |batch: usize| {
-        let t0 = std::time::Instant::now();
+        let t0 = Clock::start();
         for chunk in images.chunks(batch.max(1)) {
             let ids = crate::data::tokenize::model_ids(chunk, c.sos(), model.causal());
             let mut caps = Captures::default();
@@ -323,24 +431,28 @@ pub fn bench(
                 gpt.forward::<NoneTape>(&ids, chunk.len(), model.causal(), None, cap, &mut caps);
             std::hint::black_box(&caps);
         }
-        images.len() as f64 / t0.elapsed().as_secs_f64()
+        t0.rates(images.len())
     };
     // Warm-up passes, not timed.
     int8_pass(&packed)?;
     f32_pass(batch);
-    let (mut int8, mut f32_batched) = (0f64, 0f64);
+    let (mut int8, mut f32_batched) = ((0f64, None), (0f64, None));
     for _ in 0..rounds.max(1) {
-        int8 = int8.max(int8_pass(&packed)?);
-        f32_batched = f32_batched.max(f32_pass(batch));
+        let (w, c) = int8_pass(&packed)?;
+        int8 = (int8.0.max(w), best(int8.1, c));
+        let (w, c) = f32_pass(batch);
+        f32_batched = (f32_batched.0.max(w), best(f32_batched.1, c));
     }
-    let int8_portable = int8_pass(&portable)?;
-    let f32_single = f32_pass(1);
+    let int8_portable = int8_pass(&portable)?.0;
+    let f32_single = f32_pass(1).0;
     std::hint::black_box(sink);
     Ok(InferBench {
-        int8,
+        int8: int8.0,
         int8_portable,
-        f32_batched,
+        f32_batched: f32_batched.0,
         f32_single,
-        simd: packed.simd(),
+        kernels: packed.kernels(),
+        int8_cpu: int8.1,
+        f32_batched_cpu: f32_batched.1,
     })
 }
