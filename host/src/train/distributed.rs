@@ -222,7 +222,7 @@ impl HostGrads for Cuda {
                 .get_or_alloc_mut(p)
                 .map_err(|e| anyhow::anyhow!("gradient of {name}: {}", cuda_error(&e)))?;
             let at = buf.len();
-            buf.resize(at + g.len(), 0.0);
+            buf.resize(at + p.shape().0 * p.shape().1, 0.0);
             g.device()
                 .dtoh_sync_copy_into(&**g, &mut buf[at..])
                 .map_err(|e| {
@@ -241,7 +241,7 @@ impl HostGrads for Cuda {
             let g = grads
                 .get_or_alloc_mut(p)
                 .map_err(|e| anyhow::anyhow!("gradient of {name}: {}", cuda_error(&e)))?;
-            let n = g.len();
+            let n = p.shape().0 * p.shape().1;
             anyhow::ensure!(at + n <= buf.len(), "gradient buffer too short at {name}");
             let dev = g.device();
             dev.htod_sync_copy_into(&buf[at..at + n], &mut **g)
