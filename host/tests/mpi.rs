@@ -13,7 +13,8 @@
 //! - the parameters after 6 steps on 2 ranks match one process on the same global
 //!   batches within [`TOL`] (the shard gradients are summed in another order), while
 //!   they moved by far more than that since step 3;
-//! - 3 steps, a stop and `--resume` give the bytes of 6 uninterrupted steps on 2 ranks;
+//! - 3 steps, a stop and `--resume` give the bytes of 6 uninterrupted steps on 2 ranks,
+//!   and resuming those 3 steps on one process lands within [`TOL`] of them too;
 //! - a rank that fails ends the whole job with an error naming it, within a timeout.
 
 #[cfg(feature = "mpi")]
@@ -280,6 +281,13 @@ mod with_mpi {
         run_ok(mpirun, 2, &args(&b, &["--stop-after", "3"]), tmp);
         let mid = Checkpoint::load(&b.join(state)).unwrap();
         assert_eq!(mid.state.as_ref().unwrap().step, 3);
+        // A copy of the stopped run, to resume on one process below.
+        let c = tmp.join(format!("{what}-c"));
+        std::fs::create_dir(&c).unwrap();
+        for e in std::fs::read_dir(&b).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), c.join(e.file_name())).unwrap();
+        }
         let rb = run_ok(mpirun, 2, &args(&b, &["--resume"]), tmp);
         let fb = fingerprints(&rb, 2);
         assert_eq!(fb, fa, "{what}: resumed ranks end elsewhere");
@@ -299,11 +307,15 @@ mod with_mpi {
         let cks = Checkpoint::load(&s.join(state)).unwrap();
         let d = max_diff(&cka, &cks);
         let moved = max_diff(&cka, &mid);
+        // 3 steps on 2 ranks, then 3 more on one process.
+        run_ok(mpirun, 1, &args(&c, &["--resume"]), tmp);
+        let dc = max_diff(&cka, &Checkpoint::load(&c.join(state)).unwrap());
         println!(
-            "{what}: 2 ranks bit-identical (fingerprint {:016x}); 3 + resume + 3 = 6 steps byte for byte; max |2 ranks - 1 process| = {d:.3e} (tolerance {TOL:.0e}), max change since step 3 = {moved:.3e}",
+            "{what}: 2 ranks bit-identical (fingerprint {:016x}); 3 + resume + 3 = 6 steps byte for byte; max |2 ranks - 1 process| = {d:.3e}, 3 steps on 2 ranks + 3 on 1: {dc:.3e} (tolerance {TOL:.0e}); max change since step 3 = {moved:.3e}",
             fa[0]
         );
         assert!(d <= TOL, "{what}: 2 ranks differ from one process by {d}");
+        assert!(dc <= TOL, "{what}: resuming on one process is off by {dc}");
         assert!(
             moved > 20.0 * TOL,
             "{what}: steps 4-6 moved the parameters by only {moved}: the comparison proves little"

@@ -197,7 +197,7 @@ fn rank_threads(threads: Option<usize>, comm: &dyn Collective) -> Option<usize> 
 /// After a run: on rank 0 the throughput line (with the allreduce's share of the step
 /// time, least and most over the ranks), and under MPI every rank's parameter
 /// fingerprint (collective: every rank calls it).
-fn report(comm: &dyn Collective, t: &Throughput, steps: u64, fingerprint: u64) {
+fn report(comm: &dyn Collective, t: &Throughput, steps: u64, fingerprint: Option<u64>) {
     let share = |x: f64| if t.step_s > 0.0 { x / t.step_s } else { 0.0 };
     let all = comm.all_gather_f64(&[share(t.reduce_s), share(t.stage_s)]);
     let reduce: Vec<f64> = all.iter().step_by(2).copied().collect();
@@ -220,9 +220,9 @@ fn report(comm: &dyn Collective, t: &Throughput, steps: u64, fingerprint: u64) {
             rayon::current_num_threads(),
         );
     }
-    if comm.size() > 1 {
+    if let Some(f) = fingerprint {
         println!(
-            "{}: parameters after step {steps}: fingerprint {fingerprint:016x}",
+            "{}: parameters after step {steps}: fingerprint {f:016x}",
             comm.describe()
         );
     }

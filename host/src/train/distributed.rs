@@ -4,7 +4,7 @@
 //! whole batch (up to the order of floating-point sums).
 //!
 //! - [`Collective`]: rank, size and the sums the loop needs. [`Single`] (one process,
-//!   everything a no-op) is always compiled; [`Mpi`] (rsmpi over the system MPI) only
+//!   everything a no-op) is always compiled; `Mpi` (rsmpi over the system MPI) only
 //!   with the `mpi` cargo feature.
 //! - [`Shard`]: which rows of a global batch and which evaluation chunks a rank takes.
 //! - [`HostGrads`]: a device's gradients copied into one flat host `f32` buffer and back

@@ -59,9 +59,10 @@ pub struct FinetuneSummary {
     /// Throughput and the allreduce's share of the steps (this process; not saved).
     #[serde(skip)]
     pub throughput: Throughput,
-    /// FNV-1a of the final parameters, the same on every rank (not saved).
+    /// Data parallel: FNV-1a of the final parameters, the same on every rank (`None`
+    /// for one process; not saved).
     #[serde(skip)]
-    pub fingerprint: u64,
+    pub fingerprint: Option<u64>,
 }
 
 /// The best model's file in a fine-tuning folder.

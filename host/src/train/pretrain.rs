@@ -40,8 +40,9 @@ pub struct Summary {
     pub seconds: f64,
     /// Throughput and the allreduce's share of the steps (this process).
     pub throughput: Throughput,
-    /// FNV-1a of the final parameters (the same on every rank).
-    pub fingerprint: u64,
+    /// Data parallel: FNV-1a of the final parameters, the same on every rank (`None`
+    /// for one process).
+    pub fingerprint: Option<u64>,
 }
 
 /// The checkpoint file of a run folder.

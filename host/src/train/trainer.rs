@@ -206,8 +206,9 @@ pub struct Outcome {
     pub seconds: f64,
     /// Throughput and the allreduce's share of this process's steps.
     pub throughput: Throughput,
-    /// FNV-1a of the final parameters (the same on every rank: checked).
-    pub fingerprint: u64,
+    /// Data parallel: FNV-1a of the final parameters, checked to be the same on every
+    /// rank (`None` for one process).
+    pub fingerprint: Option<u64>,
 }
 
 /// Where a process's step time went (steps after its first, which warms up).
@@ -269,19 +270,21 @@ pub fn run_parallel<D: ModelDevice, T: Task<D>>(
     gpt.fused = settings.fused;
     let n_train = task.train_columns().len();
     let first = opt.step;
-    // Every rank starts from the same point (step, data RNG, parameters).
-    let rs = RngState::of(&rng);
-    let mut start_print = Fingerprint::default();
-    start_print
-        .u64(opt.step)
-        .bytes(&rs.seed)
-        .u64(rs.stream)
-        .bytes(&rs.word_pos.to_le_bytes())
-        .u64(model_fingerprint(&gpt.params));
-    comm.agree(
-        "the starting state (step, data RNG, parameters)",
-        start_print.value(),
-    )?;
+    if comm.size() > 1 {
+        // Every rank starts from the same point (step, data RNG, parameters).
+        let rs = RngState::of(&rng);
+        let mut start_print = Fingerprint::default();
+        start_print
+            .u64(opt.step)
+            .bytes(&rs.seed)
+            .u64(rs.stream)
+            .bytes(&rs.word_pos.to_le_bytes())
+            .u64(model_fingerprint(&gpt.params));
+        comm.agree(
+            "the starting state (step, data RNG, parameters)",
+            start_print.value(),
+        )?;
+    }
     let end = settings
         .stop_after
         .map_or(settings.steps, |s| s.min(settings.steps));
@@ -403,8 +406,13 @@ pub fn run_parallel<D: ModelDevice, T: Task<D>>(
     timing.tokens_per_s =
         (timing.steps as usize * task.tokens_per_step()) as f64 / timing.step_s.max(1e-9);
     // Every rank ends with rank 0's parameters, and after rank 0's last file write.
-    let fingerprint = model_fingerprint(&gpt.params);
-    comm.agree(&format!("the parameters after step {step}"), fingerprint)?;
+    let fingerprint = if comm.size() > 1 {
+        let f = model_fingerprint(&gpt.params);
+        comm.agree(&format!("the parameters after step {step}"), f)?;
+        Some(f)
+    } else {
+        None
+    };
     comm.barrier();
     Ok(Outcome {
         steps: step,
