@@ -8,6 +8,8 @@ use igpt::io::meta::{AdamConfig, FinetuneArgs as FinetuneRun, PretrainArgs as Pr
 use igpt::io::probe_head::ProbeHead;
 use igpt::nn::device::DeviceKind;
 use igpt::nn::Objective;
+use igpt::train::distributed::{self, Collective, DataParallel};
+use igpt::train::trainer::Throughput;
 use igpt::train::{finetune, pretrain};
 use igpt_core::Preset;
 use std::path::PathBuf;
@@ -66,7 +68,8 @@ pub struct PretrainArgs {
     /// Stop (with a checkpoint) after this step, as an interruption would.
     #[arg(long)]
     pub stop_after: Option<u64>,
-    /// Worker threads (default: all cores).
+    /// Worker threads per process (default: all cores; under MPI, the cores this rank may
+    /// use divided by the ranks on its machine).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Where the dfdx model runs: cpu (fused kernels) or cuda (needs a build with
@@ -129,7 +132,8 @@ pub struct FinetuneArgs {
     /// Stop (with a state checkpoint) after this step, as an interruption would.
     #[arg(long)]
     pub stop_after: Option<u64>,
-    /// Worker threads (default: all cores).
+    /// Worker threads per process (default: all cores; under MPI, the cores this rank may
+    /// use divided by the ranks on its machine).
     #[arg(long)]
     pub threads: Option<usize>,
     /// Where the dfdx model runs: cpu (fused kernels) or cuda (needs a build with
@@ -179,8 +183,58 @@ pub struct ImportHfArgs {
     pub out: PathBuf,
 }
 
+/// The thread count of a process: `--threads`, or under MPI (several ranks) the cores
+/// this rank may use shared among the ranks on its machine.
+fn rank_threads(threads: Option<usize>, comm: &dyn Collective) -> Option<usize> {
+    threads.or_else(|| {
+        (comm.size() > 1).then(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            (cores / comm.local_size().max(1)).max(1)
+        })
+    })
+}
+
+/// After a run: on rank 0 the throughput line (with the allreduce's share of the step
+/// time, least and most over the ranks), and under MPI every rank's parameter
+/// fingerprint (collective: every rank calls it).
+fn report(comm: &dyn Collective, t: &Throughput, steps: u64, fingerprint: Option<u64>) {
+    let share = |x: f64| if t.step_s > 0.0 { x / t.step_s } else { 0.0 };
+    let all = comm.all_gather_f64(&[share(t.reduce_s), share(t.stage_s)]);
+    let reduce: Vec<f64> = all.iter().step_by(2).copied().collect();
+    let stage: Vec<f64> = all.iter().skip(1).step_by(2).copied().collect();
+    let lo_hi = |v: &[f64]| {
+        (
+            100.0 * v.iter().copied().fold(f64::INFINITY, f64::min),
+            100.0 * v.iter().copied().fold(0.0, f64::max),
+        )
+    };
+    if comm.is_root() {
+        let (r0, r1) = lo_hi(&reduce);
+        let (s0, s1) = lo_hi(&stage);
+        println!(
+            "throughput: {:.1} tokens/s over {} steps ({:.1} ms per step; the first step, evaluation and checkpoints excluded); {} rank(s) x {} thread(s); allreduce {r0:.1}-{r1:.1}% and gradient staging {s0:.1}-{s1:.1}% of the step time (least-most over the ranks)",
+            t.tokens_per_s,
+            t.steps,
+            1e3 * t.step_s / t.steps.max(1) as f64,
+            comm.size(),
+            rayon::current_num_threads(),
+        );
+    }
+    if let Some(f) = fingerprint {
+        println!(
+            "{}: parameters after step {steps}: fingerprint {f:016x}",
+            comm.describe()
+        );
+    }
+}
+
 pub fn pretrain_cmd(a: PretrainArgs) -> Result<()> {
-    set_threads(a.threads)?;
+    let comm = distributed::world()?;
+    distributed::or_abort(&*comm, || pretrain_rank(a, &*comm))
+}
+
+fn pretrain_rank(a: PretrainArgs, comm: &dyn Collective) -> Result<()> {
+    set_threads(rank_threads(a.threads, comm))?;
     let pal = palette::load(&a.palette)?;
     if let Some(v) = a.model.vocab {
         ensure!(
@@ -211,28 +265,37 @@ pub fn pretrain_cmd(a: PretrainArgs) -> Result<()> {
         val_images: a.val_images,
         train_images: a.train_images,
     };
-    let s = igpt::on_device!(a.device, cfg.seed, |dev| pretrain::pretrain_on(
+    let s = igpt::on_device!(a.device, cfg.seed, |dev| pretrain::pretrain_parallel(
         &dev,
         &cfg,
         &pal,
         &a.out,
         a.resume,
         a.stop_after,
-        true
+        true,
+        &mut DataParallel::new(comm)
     ))?;
-    println!(
-        "{}: step {}, train {:.4} bits/dim, validation {:.4} bits/dim, {:.1} s",
-        pretrain::checkpoint_path(&a.out).display(),
-        s.steps,
-        s.train_bpd,
-        s.val_bpd,
-        s.seconds
-    );
+    if comm.is_root() {
+        println!(
+            "{}: step {}, train {:.4} bits/dim, validation {:.4} bits/dim, {:.1} s",
+            pretrain::checkpoint_path(&a.out).display(),
+            s.steps,
+            s.train_bpd,
+            s.val_bpd,
+            s.seconds
+        );
+    }
+    report(comm, &s.throughput, s.steps, s.fingerprint);
     Ok(())
 }
 
 pub fn finetune_cmd(a: FinetuneArgs) -> Result<()> {
-    set_threads(a.threads)?;
+    let comm = distributed::world()?;
+    distributed::or_abort(&*comm, || finetune_rank(a, &*comm))
+}
+
+fn finetune_rank(a: FinetuneArgs, comm: &dyn Collective) -> Result<()> {
+    set_threads(rank_threads(a.threads, comm))?;
     let cfg = FinetuneRun {
         checkpoint: a.checkpoint.clone(),
         data: a.data.clone(),
@@ -252,22 +315,26 @@ pub fn finetune_cmd(a: FinetuneArgs) -> Result<()> {
         test_images: a.test_images,
         seed: a.seed,
     };
-    let s = igpt::on_device!(a.device, cfg.seed, |dev| finetune::finetune_on(
+    let s = igpt::on_device!(a.device, cfg.seed, |dev| finetune::finetune_parallel(
         &dev,
         &cfg,
         &a.out,
         a.resume,
         a.stop_after,
-        true
+        true,
+        &mut DataParallel::new(comm)
     ))?;
-    println!(
-        "{}: {} steps, best validation accuracy {:.2}% (step {}), test accuracy {:.2}%",
-        finetune::checkpoint_path(&a.out).display(),
-        s.steps_run,
-        100.0 * s.val_accuracy,
-        s.best_step,
-        100.0 * s.test_accuracy
-    );
+    if comm.is_root() {
+        println!(
+            "{}: {} steps, best validation accuracy {:.2}% (step {}), test accuracy {:.2}%",
+            finetune::checkpoint_path(&a.out).display(),
+            s.steps_run,
+            100.0 * s.val_accuracy,
+            s.best_step,
+            100.0 * s.test_accuracy
+        );
+    }
+    report(comm, &s.throughput, s.steps_run, s.fingerprint);
     Ok(())
 }
 

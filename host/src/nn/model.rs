@@ -137,7 +137,7 @@ impl<E: Float, D: Device<E>> Gpt<E, D> {
         Gpt::new(config, params)
     }
 
-    /// A freshly initialised model, as the paper's code ([`ParamName::init`]): the same
+    /// A freshly initialised model, as the paper's code ([`super::ParamName::init`]): the same
     /// seed gives the same weights on any device. With `classes`, a zero class head too.
     pub fn init(dev: &D, config: Config, classes: Option<usize>, seed: u64) -> Gpt<E, D> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);

@@ -3,6 +3,7 @@
 //!
 //! Everything here runs through dfdx tensor ops, so it works on any dfdx device.
 
+use super::distributed::Shard;
 use crate::nn::{cst, Capture, Captures, Float, Gpt, Kernels, Objective};
 use dfdx::prelude::*;
 use rand::Rng;
@@ -83,6 +84,23 @@ pub fn make_batch<R: Rng>(
     }
 }
 
+impl Batch {
+    /// Sequences `rows` of this batch (a rank's shard), with their weights unchanged: the
+    /// shards' losses (and gradients) then sum to the whole batch's.
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Batch {
+        let t = self.t;
+        let span = rows.start * t..rows.end * t;
+        Batch {
+            b: rows.len(),
+            t,
+            input: self.input[span.clone()].to_vec(),
+            target: self.target[span.clone()].to_vec(),
+            keep: self.keep.as_ref().map(|k| k[span.clone()].to_vec()),
+            weight: self.weight[span].to_vec(),
+        }
+    }
+}
+
 /// The batch's loss in nats: `-Σ weight · log softmax(logits)[target]`.
 pub fn loss<E: Float, D: Kernels<E>, T: Tape<E, D>>(
     gpt: &Gpt<E, D>,
@@ -126,11 +144,37 @@ pub fn evaluate<E: Float, D: Kernels<E>, R: Rng>(
     objective: Objective,
     rng: &mut R,
 ) -> f64 {
+    mean_of_parts(&evaluate_parts(
+        gpt,
+        images,
+        batch,
+        objective,
+        rng,
+        Shard::WHOLE,
+    ))
+}
+
+/// [`evaluate`] split over ranks: per chunk of `batch` images, `[loss·positions,
+/// positions]`, computed for the chunks `shard` owns and zero for the others (every
+/// chunk's BERT masks are still drawn, so the masks are those of one process). Summed
+/// over the ranks, each chunk's pair is the owner's exactly (`x + 0 = x`), and
+/// [`mean_of_parts`] then gives every rank the single-process mean.
+pub fn evaluate_parts<E: Float, D: Kernels<E>, R: Rng>(
+    gpt: &Gpt<E, D>,
+    images: &[&[u16]],
+    batch: usize,
+    objective: Objective,
+    rng: &mut R,
+    shard: Shard,
+) -> Vec<f64> {
     let sos = gpt.config.sos();
-    let mut total = 0.0;
-    let mut weight = 0.0;
-    for chunk in images.chunks(batch.max(1)) {
+    let mut parts = Vec::new();
+    for (i, chunk) in images.chunks(batch.max(1)).enumerate() {
         let b = make_batch(chunk, sos, objective, rng);
+        if !shard.owns(i) {
+            parts.extend([0.0, 0.0]);
+            continue;
+        }
         // Each batch's weights sum to 1; weigh batches by their counted positions.
         let positions = match objective {
             Objective::Ar => (b.b * b.t) as f64,
@@ -140,8 +184,18 @@ pub fn evaluate<E: Float, D: Kernels<E>, R: Rng>(
                 .map_or(0.0, |k| k.iter().filter(|&&x| x == 0.0).count() as f64),
         };
         let l = scalar(loss::<E, D, NoneTape>(gpt, &b));
-        total += l * positions;
-        weight += positions;
+        parts.extend([l * positions, positions]);
+    }
+    parts
+}
+
+/// The mean loss per position from [`evaluate_parts`] (summed in chunk order).
+pub fn mean_of_parts(parts: &[f64]) -> f64 {
+    let mut total = 0.0;
+    let mut weight = 0.0;
+    for p in parts.chunks_exact(2) {
+        total += p[0];
+        weight += p[1];
     }
     total / weight.max(1.0)
 }
@@ -179,5 +233,26 @@ mod tests {
         // A one-pixel image still gets one masked position.
         let batch = make_batch(&[&[1u16][..]], 16, Objective::Bert, &mut rng);
         assert_eq!(batch.keep, Some(vec![0.0]));
+    }
+
+    #[test]
+    fn shards_of_a_batch_keep_the_global_weights() {
+        let imgs: Vec<Vec<u16>> = (0..5).map(|i| vec![i as u16; 40]).collect();
+        let refs: Vec<&[u16]> = imgs.iter().map(|v| v.as_slice()).collect();
+        for objective in [Objective::Ar, Objective::Bert] {
+            let mut rng = ChaCha8Rng::seed_from_u64(2);
+            let whole = make_batch(&refs, 16, objective, &mut rng);
+            let mut weight = 0.0f64;
+            let mut input = Vec::new();
+            for rank in 0..2 {
+                let part = whole.rows(Shard { rank, size: 2 }.range(5));
+                assert_eq!(part.b, [3, 2][rank]);
+                assert_eq!(part.input.len(), part.b * part.t);
+                weight += part.weight.iter().map(|&w| w as f64).sum::<f64>();
+                input.extend(part.input);
+            }
+            assert_eq!(input, whole.input, "{objective:?}");
+            assert!((weight - 1.0).abs() < 1e-6, "{objective:?}: {weight}");
+        }
     }
 }

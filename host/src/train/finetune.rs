@@ -12,7 +12,8 @@
 
 use super::adamw::AdamW;
 use super::batch;
-use super::trainer::{self, Curve, LogRow, Loss, RunFiles, Settings, Start, Task};
+use super::distributed::{Collective, DataParallel, Fingerprint, Shard};
+use super::trainer::{self, Curve, LogRow, Loss, RunFiles, Settings, Start, Task, Throughput};
 use crate::data::tokenize::{self, model_ids};
 use crate::data::Split;
 use crate::io::checkpoint::Checkpoint;
@@ -55,6 +56,13 @@ pub struct FinetuneSummary {
     pub lr: f64,
     /// Images per step.
     pub batch: usize,
+    /// Throughput and the allreduce's share of the steps (this process; not saved).
+    #[serde(skip)]
+    pub throughput: Throughput,
+    /// Data parallel: FNV-1a of the final parameters, the same on every rank (`None`
+    /// for one process; not saved).
+    #[serde(skip)]
+    pub fingerprint: Option<u64>,
 }
 
 /// The best model's file in a fine-tuning folder.
@@ -98,16 +106,22 @@ fn forward<D: ModelDevice, T: Tape<f32, D>>(
     )
 }
 
-/// Accuracy of the class head on labelled images.
+/// Accuracy of the class head on labelled images, each rank of `comm` classifying its
+/// chunks of 64 (the counts are integers, so their sum is exact).
 fn accuracy<D: ModelDevice>(
     gpt: &Gpt<f32, D>,
     images: &[Vec<u16>],
     labels: &[u16],
     causal: bool,
+    comm: &dyn Collective,
 ) -> Result<f64> {
     let sos = gpt.config.sos();
+    let shard = comm.shard();
     let mut right = 0;
-    for (chunk, ys) in images.chunks(64).zip(labels.chunks(64)) {
+    for (i, (chunk, ys)) in images.chunks(64).zip(labels.chunks(64)).enumerate() {
+        if !shard.owns(i) {
+            continue;
+        }
         let ids = model_ids(chunk, sos, causal);
         let z = forward::<D, NoneTape>(gpt, &ids, chunk.len(), causal);
         let l = pooled_logits(gpt, z)?.as_vec();
@@ -117,7 +131,9 @@ fn accuracy<D: ModelDevice>(
             right += (best == y as usize) as usize;
         }
     }
-    Ok(right as f64 / images.len().max(1) as f64)
+    let mut right = [right as f64];
+    comm.allreduce_sum_f64(&mut right);
+    Ok(right[0] / images.len().max(1) as f64)
 }
 
 /// Fine-tuning as a [`Task`] of the training loop.
@@ -142,12 +158,28 @@ impl<D: ModelDevice> Task<D> for Finetune<'_> {
     fn tokens_per_step(&self) -> usize {
         self.cfg.batch * self.source.config.seq_len()
     }
-    fn loss(&mut self, gpt: &Gpt<f32, D>, rng: &mut ChaCha8Rng) -> Result<(Loss<D>, Vec<f64>)> {
-        let b = self.cfg.batch;
+    fn loss(
+        &mut self,
+        gpt: &Gpt<f32, D>,
+        rng: &mut ChaCha8Rng,
+        shard: Shard,
+    ) -> Result<(Loss<D>, Vec<f64>)> {
+        let global = self.cfg.batch;
         let causal = self.objective == Objective::Ar;
-        let pick: Vec<usize> = (0..b).map(|_| rng.gen_range(0..self.fit_x.len())).collect();
+        let mut pick: Vec<usize> = (0..global)
+            .map(|_| rng.gen_range(0..self.fit_x.len()))
+            .collect();
+        let all: Vec<&[u16]> = pick.iter().map(|&i| self.fit_x[i].as_slice()).collect();
+        let mut mb = batch::make_batch(&all, gpt.config.sos(), self.objective, rng);
+        if !shard.is_whole() {
+            // This rank's rows; L_gen keeps the global batch's weights, L_clf is summed
+            // over the rows and divided by the global batch below.
+            let rows = shard.range(global);
+            mb = mb.rows(rows.clone());
+            pick = pick[rows].to_vec();
+        }
+        let b = pick.len();
         let imgs: Vec<&[u16]> = pick.iter().map(|&i| self.fit_x[i].as_slice()).collect();
-        let mb = batch::make_batch(&imgs, gpt.config.sos(), self.objective, rng);
         // L_gen on the objective's batch, L_clf on the clean images. For AR both read the
         // same input, so one forward pass serves both losses.
         let (l_gen, logits) = if causal {
@@ -164,22 +196,24 @@ impl<D: ModelDevice> Task<D> for Finetune<'_> {
         let dev = gpt.params.wte.device().clone();
         let labels: Tensor<(usize,), usize, D> =
             dev.tensor_from_vec(pick.iter().map(|&i| self.fit_y[i] as usize).collect(), (b,));
-        let l_clf = logits
-            .log_softmax::<Axis<1>>()
-            .select(labels)
-            .mean()
-            .negate();
+        let log_p = logits.log_softmax::<Axis<1>>().select(labels);
+        let l_clf = if shard.is_whole() {
+            log_p.mean().negate()
+        } else {
+            (log_p.sum() * (1.0 / global as f32)).negate()
+        };
         let gen_bits = batch::bits(crate::nn::value(l_gen.retaped::<NoneTape>()));
         let clf_nats = crate::nn::value(l_clf.retaped::<NoneTape>());
         let loss = l_gen * self.cfg.gen_weight as f32 + l_clf;
         Ok((loss, vec![gen_bits, clf_nats]))
     }
-    fn evaluate(&mut self, gpt: &Gpt<f32, D>) -> Result<(Vec<f64>, f64)> {
+    fn evaluate(&mut self, gpt: &Gpt<f32, D>, comm: &dyn Collective) -> Result<(Vec<f64>, f64)> {
         let acc = accuracy(
             gpt,
             &self.val_x,
             &self.val_y,
             self.objective == Objective::Ar,
+            comm,
         )?;
         Ok((vec![acc], acc))
     }
@@ -253,7 +287,53 @@ pub fn finetune_on<D: ModelDevice>(
     stop_after: Option<u64>,
     show: bool,
 ) -> Result<FinetuneSummary> {
+    finetune_parallel(
+        dev,
+        cfg,
+        out,
+        resume,
+        stop_after,
+        show,
+        &mut DataParallel::single(),
+    )
+}
+
+/// [`finetune_on`] on every rank of `dp` (`mpirun -np N igpt finetune ...`), as
+/// [`super::pretrain::pretrain_parallel`] does for pretraining; the test accuracy of the
+/// kept model is sharded too, and rank 0 alone writes the folder.
+pub fn finetune_parallel<D: ModelDevice>(
+    dev: &D,
+    cfg: &FinetuneArgs,
+    out: &Path,
+    resume: bool,
+    stop_after: Option<u64>,
+    show: bool,
+    dp: &mut DataParallel<'_, D>,
+) -> Result<FinetuneSummary> {
+    let comm = dp.comm();
+    let show = show && comm.is_root();
     cfg.validate()?;
+    ensure!(
+        cfg.batch >= comm.size(),
+        "--batch {} is below the {} ranks: every rank needs at least one image of each batch",
+        cfg.batch,
+        comm.size()
+    );
+    let mut args = Fingerprint::default();
+    args.bytes(
+        &serde_json::to_vec(&FinetuneArgs {
+            checkpoint: PathBuf::new(),
+            data: PathBuf::new(),
+            ..cfg.clone()
+        })
+        .unwrap_or_default(),
+    )
+    .bytes(&[resume as u8])
+    .u64(stop_after.unwrap_or(u64::MAX));
+    comm.agree(
+        "the arguments (--resume and --stop-after included)",
+        args.value(),
+    )?;
     let files = RunFiles {
         dir: out.to_path_buf(),
         state: state_path(out),
@@ -305,7 +385,18 @@ pub fn finetune_on<D: ModelDevice>(
     let (val_idx, fit_idx) = order.split_at(n_val);
     let fit = train.select(fit_idx);
     let val = train.select(val_idx);
-    std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
+    if comm.size() > 1 {
+        let mut data = Fingerprint::default();
+        for img in fit.tokens.iter().chain(&val.tokens).chain(&test.tokens) {
+            data.u16s(img);
+        }
+        data.u16s(&fit.labels).u16s(&val.labels).u16s(&test.labels);
+        comm.agree("the fine-tuning images and labels", data.value())?;
+    }
+    if comm.is_root() {
+        std::fs::create_dir_all(out)
+            .with_context(|| format!("{}: cannot create", out.display()))?;
+    }
     let start = match &saved {
         Some(ck) => Start::resume(dev, ck, cfg.adam, &files, 7)?,
         None => {
@@ -341,11 +432,12 @@ pub fn finetune_on<D: ModelDevice>(
         stop_after,
         fused: true,
     };
-    let outcome = trainer::run(&mut task, start, &settings, &files, show)?;
-    // Measure the kept (best) checkpoint on the test split.
+    let outcome = trainer::run_parallel(&mut task, start, &settings, &files, show, dp)?;
+    // Measure the kept (best) checkpoint on the test split (every rank reads it: rank 0
+    // wrote it before the loop's final barrier).
     let best = Checkpoint::load(&checkpoint_path(out))?;
     let gpt: Gpt<f32, D> = best.model(dev)?;
-    let test_accuracy = accuracy(&gpt, &test.tokens, &test.labels, causal)?;
+    let test_accuracy = accuracy(&gpt, &test.tokens, &test.labels, causal, comm)?;
     let summary = FinetuneSummary {
         checkpoint: cfg.checkpoint.clone(),
         data: cfg.data.clone(),
@@ -359,10 +451,66 @@ pub fn finetune_on<D: ModelDevice>(
         test_images: test.len(),
         lr: cfg.lr,
         batch: cfg.batch,
+        throughput: outcome.throughput,
+        fingerprint: outcome.fingerprint,
     };
-    crate::io::write_atomic(
-        &out.join("finetune.json"),
-        serde_json::to_string_pretty(&summary)?.as_bytes(),
-    )?;
+    if comm.is_root() {
+        crate::io::write_atomic(
+            &out.join("finetune.json"),
+            serde_json::to_string_pretty(&summary)?.as_bytes(),
+        )?;
+    }
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::pretrain::tests::check_shards_sum_to_whole;
+    use igpt_core::Config;
+
+    #[test]
+    fn shard_gradients_sum_to_the_batch_gradient() {
+        let k = 8;
+        let palette = Palette::new(1, &[0, 36, 72, 108, 144, 180, 216, 252]).unwrap();
+        let model = Config::new(k, 4, 16, 2, 1).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(4);
+        let fit_x: Vec<Vec<u16>> = (0..12)
+            .map(|_| (0..16).map(|_| rng.gen_range(0..k as u16)).collect())
+            .collect();
+        let fit_y: Vec<u16> = (0..12).map(|i| i % 3).collect();
+        let dev = Cpu::default();
+        let mut gpt = Gpt::<f32, Cpu>::init(&dev, model, None, 1);
+        gpt.params.score = Some(dev.sample_normal_like(&(3, 16)));
+        let source = Checkpoint::from_model(&gpt, Some(palette.clone()));
+        let cfg = FinetuneArgs {
+            checkpoint: PathBuf::new(),
+            data: PathBuf::new(),
+            steps: 1,
+            batch: 7,
+            lr: 1e-3,
+            warmup: 0,
+            head_lr_scale: 1.0,
+            gen_weight: 0.5,
+            adam: crate::io::meta::AdamConfig::default(),
+            eval_every: 1,
+            patience: 1,
+            train_images: 0,
+            test_images: 0,
+            seed: 0,
+        };
+        for objective in [Objective::Ar, Objective::Bert] {
+            let mut task = Finetune {
+                cfg: &cfg,
+                source: &source,
+                palette: palette.clone(),
+                objective,
+                fit_x: fit_x.clone(),
+                fit_y: fit_y.clone(),
+                val_x: Vec::new(),
+                val_y: Vec::new(),
+            };
+            check_shards_sum_to_whole(&mut task, &gpt, &format!("fine-tuning {objective:?}"));
+        }
+    }
 }

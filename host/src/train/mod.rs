@@ -1,9 +1,11 @@
 //! Training: batches and losses ([`batch`]), AdamW ([`adamw`]), the learning-rate
 //! schedule ([`schedule`]), the one training loop ([`trainer`]) and its two tasks,
-//! pretraining ([`pretrain`], also `bench train`) and fine-tuning ([`finetune`]).
+//! pretraining ([`pretrain`], also `bench train`) and fine-tuning ([`finetune`]), on one
+//! process or data parallel over MPI ranks ([`distributed`]).
 
 pub mod adamw;
 pub mod batch;
+pub mod distributed;
 pub mod finetune;
 pub mod pretrain;
 pub mod schedule;

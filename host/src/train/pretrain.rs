@@ -9,7 +9,8 @@
 
 use super::adamw::AdamW;
 use super::batch;
-use super::trainer::{self, Curve, LogRow, Loss, RunFiles, Settings, Start, Task};
+use super::distributed::{Collective, DataParallel, Fingerprint, Shard};
+use super::trainer::{self, Curve, LogRow, Loss, RunFiles, Settings, Start, Task, Throughput};
 use crate::data::Split;
 use crate::io::checkpoint::Checkpoint;
 use crate::io::meta::{self, PretrainArgs};
@@ -37,6 +38,11 @@ pub struct Summary {
     pub train_bpd: f64,
     /// Wall time of this process.
     pub seconds: f64,
+    /// Throughput and the allreduce's share of the steps (this process).
+    pub throughput: Throughput,
+    /// Data parallel: FNV-1a of the final parameters, the same on every rank (`None`
+    /// for one process).
+    pub fingerprint: Option<u64>,
 }
 
 /// The checkpoint file of a run folder.
@@ -62,29 +68,43 @@ impl<D: ModelDevice> Task<D> for Pretrain<'_> {
     fn tokens_per_step(&self) -> usize {
         self.cfg.batch * self.cfg.model.seq_len()
     }
-    fn loss(&mut self, gpt: &Gpt<f32, D>, rng: &mut ChaCha8Rng) -> Result<(Loss<D>, Vec<f64>)> {
+    fn loss(
+        &mut self,
+        gpt: &Gpt<f32, D>,
+        rng: &mut ChaCha8Rng,
+        shard: Shard,
+    ) -> Result<(Loss<D>, Vec<f64>)> {
         let picks: Vec<&[u16]> = (0..self.cfg.batch)
             .map(|_| self.train[rng.gen_range(0..self.train.len())].as_slice())
             .collect();
-        let b = batch::make_batch(&picks, self.cfg.model.sos(), self.cfg.objective, rng);
+        let mut b = batch::make_batch(&picks, self.cfg.model.sos(), self.cfg.objective, rng);
+        if !shard.is_whole() {
+            // This rank's rows, weighted over the global batch (1/(B·T) for AR, 1/(masked
+            // positions of the batch) for BERT): the shards' losses sum to the batch's.
+            b = b.rows(shard.range(self.cfg.batch));
+        }
         let loss = batch::loss::<f32, D, OwnedTape<f32, D>>(gpt, &b);
         let bits = batch::bits(crate::nn::value(loss.retaped::<NoneTape>()));
         Ok((loss, vec![bits]))
     }
-    fn evaluate(&mut self, gpt: &Gpt<f32, D>) -> Result<(Vec<f64>, f64)> {
+    fn evaluate(&mut self, gpt: &Gpt<f32, D>, comm: &dyn Collective) -> Result<(Vec<f64>, f64)> {
         if self.val.is_empty() {
             return Ok((vec![f64::NAN], f64::NEG_INFINITY));
         }
         // A fixed mask stream, so validation never disturbs the training RNG.
         let mut vrng = ChaCha8Rng::seed_from_u64(self.cfg.seed ^ 0x5eed_5eed);
         let refs: Vec<&[u16]> = self.val.iter().map(|v| v.as_slice()).collect();
-        let bpd = batch::bits(batch::evaluate(
+        // Each rank its chunks; the sum gives every rank every chunk's exact numbers.
+        let mut parts = batch::evaluate_parts(
             gpt,
             &refs,
             self.cfg.batch.max(16),
             self.cfg.objective,
             &mut vrng,
-        ));
+            comm.shard(),
+        );
+        comm.allreduce_sum_f64(&mut parts);
+        let bpd = batch::bits(batch::mean_of_parts(&parts));
         Ok((vec![bpd], -bpd))
     }
     fn checkpoint(&self, gpt: &Gpt<f32, D>) -> Checkpoint {
@@ -134,7 +154,58 @@ pub fn pretrain_on<D: ModelDevice>(
     stop_after: Option<u64>,
     show_progress: bool,
 ) -> Result<Summary> {
+    pretrain_parallel(
+        dev,
+        cfg,
+        palette,
+        dir,
+        resume,
+        stop_after,
+        show_progress,
+        &mut DataParallel::single(),
+    )
+}
+
+/// [`pretrain_on`] on every rank of `dp` (`mpirun -np N igpt pretrain ...`): the same
+/// global batches and data order as one process, each rank its rows, gradients summed
+/// before every step; rank 0 alone writes the run folder. Every rank must be started
+/// with the same arguments, and all must see the same data (and, to resume, the same
+/// checkpoint): checked.
+#[allow(clippy::too_many_arguments)]
+pub fn pretrain_parallel<D: ModelDevice>(
+    dev: &D,
+    cfg: &PretrainArgs,
+    palette: &Palette,
+    dir: &Path,
+    resume: bool,
+    stop_after: Option<u64>,
+    show_progress: bool,
+    dp: &mut DataParallel<'_, D>,
+) -> Result<Summary> {
+    let comm = dp.comm();
+    let show_progress = show_progress && comm.is_root();
     cfg.validate()?;
+    ensure!(
+        cfg.batch >= comm.size(),
+        "--batch {} is below the {} ranks: every rank needs at least one image of each batch",
+        cfg.batch,
+        comm.size()
+    );
+    // The same run on every rank (paths aside: nodes may mount the data elsewhere).
+    let mut args = Fingerprint::default();
+    args.bytes(
+        &serde_json::to_vec(&PretrainArgs {
+            data: PathBuf::new(),
+            ..cfg.clone()
+        })
+        .unwrap_or_default(),
+    )
+    .bytes(&[resume as u8])
+    .u64(stop_after.unwrap_or(u64::MAX));
+    comm.agree(
+        "the arguments (--resume and --stop-after included)",
+        args.value(),
+    )?;
     ensure!(
         palette.len() == cfg.model.vocab,
         "the palette has {} colours but the model's k is {}",
@@ -175,8 +246,10 @@ pub fn pretrain_on<D: ModelDevice>(
         }
         None
     };
-    std::fs::create_dir_all(dir)
-        .with_context(|| format!("{}: cannot create run folder", dir.display()))?;
+    if comm.is_root() {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("{}: cannot create run folder", dir.display()))?;
+    }
 
     let side = cfg.model.side;
     let train =
@@ -191,6 +264,13 @@ pub fn pretrain_on<D: ModelDevice>(
     } else {
         Vec::new()
     };
+    if comm.size() > 1 {
+        let mut data = Fingerprint::default();
+        for img in train.tokens.iter().chain(&val) {
+            data.u16s(img);
+        }
+        comm.agree("the training and validation images", data.value())?;
+    }
     let start = match &saved {
         Some(ck) => Start::resume(dev, ck, cfg.adam, &files, 6)?,
         None => {
@@ -206,7 +286,7 @@ pub fn pretrain_on<D: ModelDevice>(
     if show_progress {
         let m = cfg.model;
         crate::progress::message(format!(
-            "pretrain {:?}: {} layers, width {}, {} heads, {}x{}, k {} ({} parameters); {} training and {} validation images; batch {}, steps {}..{}, {} threads",
+            "pretrain {:?}: {} layers, width {}, {} heads, {}x{}, k {} ({} parameters); {} training and {} validation images; batch {}, steps {}..{}, {} threads{}",
             cfg.objective,
             m.layers,
             m.width,
@@ -220,7 +300,12 @@ pub fn pretrain_on<D: ModelDevice>(
             cfg.batch,
             start.opt.step,
             cfg.steps,
-            rayon::current_num_threads()
+            rayon::current_num_threads(),
+            if comm.size() > 1 {
+                format!(" per rank, {} ranks", comm.size())
+            } else {
+                String::new()
+            }
         ));
     }
     let mut task = Pretrain {
@@ -238,12 +323,14 @@ pub fn pretrain_on<D: ModelDevice>(
         stop_after,
         fused: true,
     };
-    let out = trainer::run(&mut task, start, &settings, &files, show_progress)?;
+    let out = trainer::run_parallel(&mut task, start, &settings, &files, show_progress, dp)?;
     Ok(Summary {
         steps: out.steps,
         val_bpd: out.last.as_ref().map_or(f64::NAN, |r| r.eval[0]),
         train_bpd: out.last.as_ref().map_or(f64::NAN, |r| r.train[0]),
         seconds: out.seconds,
+        throughput: out.throughput,
+        fingerprint: out.fingerprint,
     })
 }
 
@@ -297,4 +384,108 @@ pub fn bench_train<D: ModelDevice>(
         .map_err(|e| anyhow::anyhow!("device error: {e:?}"))?;
     bar.finish_and_clear();
     Ok((steps * batch * n) as f64 / t.elapsed().as_secs_f64())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::train::distributed::HostGrads;
+
+    /// Every parameter's gradient of one step's loss on `shard`, flattened, with the loss
+    /// and metrics; the data RNG starts from the same seed each time.
+    pub(crate) fn step_grads<T: Task<Cpu>>(
+        task: &mut T,
+        gpt: &Gpt<f32, Cpu>,
+        shard: Shard,
+    ) -> (Vec<f32>, f32, Vec<f64>, crate::io::checkpoint::RngState) {
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let (loss, metrics) = task.loss(gpt, &mut rng, shard).unwrap();
+        let value = crate::nn::value(loss.retaped::<NoneTape>()) as f32;
+        let mut grads = loss.backward();
+        let mut buf = Vec::new();
+        Cpu::grads_to_host(&gpt.params, &mut grads, &mut buf).unwrap();
+        (
+            buf,
+            value,
+            metrics,
+            crate::io::checkpoint::RngState::of(&rng),
+        )
+    }
+
+    /// The shards' gradients (and losses, metrics) summed over 2 and 3 ranks equal the
+    /// whole batch's: the normalisation is over the global batch.
+    pub(crate) fn check_shards_sum_to_whole<T: Task<Cpu>>(
+        task: &mut T,
+        gpt: &Gpt<f32, Cpu>,
+        what: &str,
+    ) {
+        let (whole, loss, metrics, rng) = step_grads(task, gpt, Shard::WHOLE);
+        let scale = whole.iter().fold(0f32, |m, g| m.max(g.abs()));
+        assert!(scale > 0.0);
+        for size in [2, 3] {
+            let mut sum = vec![0f32; whole.len()];
+            let (mut l, mut m) = (0f32, vec![0f64; metrics.len()]);
+            for rank in 0..size {
+                let (g, lr, mr, rr) = step_grads(task, gpt, Shard { rank, size });
+                assert_eq!(
+                    rr, rng,
+                    "{what}: the data RNG must advance as for the whole batch"
+                );
+                sum.iter_mut().zip(&g).for_each(|(s, x)| *s += x);
+                l += lr;
+                m.iter_mut().zip(&mr).for_each(|(s, x)| *s += x);
+            }
+            let d = sum
+                .iter()
+                .zip(&whole)
+                .fold(0f32, |d, (a, b)| d.max((a - b).abs()));
+            assert!(
+                d <= 1e-5 * scale,
+                "{what}, {size} ranks: shard gradients sum to {d} off the batch gradient (largest {scale})"
+            );
+            assert!(
+                (l - loss).abs() <= 1e-5 * loss.abs(),
+                "{what}: loss {l} vs {loss}"
+            );
+            for (a, b) in m.iter().zip(&metrics) {
+                assert!((a - b).abs() <= 1e-5 * b.abs(), "{what}: metric {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn shard_gradients_sum_to_the_batch_gradient() {
+        let k = 8;
+        let palette = Palette::new(1, &[0, 36, 72, 108, 144, 180, 216, 252]).unwrap();
+        let model = Config::new(k, 4, 16, 2, 1).unwrap();
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let train: Vec<Vec<u16>> = (0..12)
+            .map(|_| (0..16).map(|_| rng.gen_range(0..k as u16)).collect())
+            .collect();
+        let dev = Cpu::default();
+        let gpt = Gpt::<f32, Cpu>::init(&dev, model, None, 1);
+        for objective in [Objective::Ar, Objective::Bert] {
+            let cfg = PretrainArgs {
+                data: PathBuf::new(),
+                model,
+                objective,
+                steps: 1,
+                batch: 7,
+                lr: 1e-3,
+                warmup: 0,
+                adam: crate::io::meta::AdamConfig::default(),
+                seed: 0,
+                eval_every: 1,
+                val_images: 0,
+                train_images: 0,
+            };
+            let mut task = Pretrain {
+                cfg: &cfg,
+                palette: &palette,
+                train: train.clone(),
+                val: Vec::new(),
+            };
+            check_shards_sum_to_whole(&mut task, &gpt, &format!("{objective:?}"));
+        }
+    }
 }

@@ -13,8 +13,17 @@
 //! are dropped and recomputed, and the best model is rewritten with the same bytes.
 //! `--stop-after N` saves the state at step N as an interruption would (no evaluation),
 //! so N steps + resume gives the bytes of an uninterrupted run.
+//!
+//! Data parallel ([`super::distributed`]): every rank runs this loop with the same RNG,
+//! so all draw the same global batch; the task computes the loss of this rank's rows,
+//! one allreduce sums the gradients before AdamW (whose clip needs the global norm), and
+//! every rank takes the same step. Training metrics are additive over the shards and
+//! summed at each evaluation (and state save) in rank order; evaluation is sharded and
+//! reduced inside the task. Rank 0 alone writes files and shows progress; every rank
+//! checks at the start and the end that it holds the same parameters as rank 0.
 
 use super::adamw::AdamW;
+use super::distributed::{model_fingerprint, Collective, DataParallel, Fingerprint, Shard};
 use super::schedule::lr_at;
 use crate::io::checkpoint::{Checkpoint, LoopProgress, RngState, TrainState};
 use crate::io::plot::{self, Series};
@@ -36,12 +45,21 @@ pub trait Task<D: ModelDevice> {
     fn train_columns(&self) -> Vec<&'static str>;
     /// `log.csv` columns of the evaluation metrics, e.g. `val_bpd`.
     fn eval_columns(&self) -> Vec<&'static str>;
-    /// Tokens one step trains on (for tokens/s).
+    /// Tokens one step trains on, over all ranks (for tokens/s).
     fn tokens_per_step(&self) -> usize;
-    /// One step's loss on a batch drawn from `rng`, and its training metrics.
-    fn loss(&mut self, gpt: &Gpt<f32, D>, rng: &mut ChaCha8Rng) -> Result<(Loss<D>, Vec<f64>)>;
-    /// Evaluation metrics and the score that the best model and early stopping maximise.
-    fn evaluate(&mut self, gpt: &Gpt<f32, D>) -> Result<(Vec<f64>, f64)>;
+    /// One step's loss on `shard`'s rows of a global batch drawn from `rng` (every rank
+    /// draws the whole batch, so the RNG stays in step), normalised over the global
+    /// batch so that the shards' losses sum to the whole batch's; and its training
+    /// metrics, additive over the shards the same way.
+    fn loss(
+        &mut self,
+        gpt: &Gpt<f32, D>,
+        rng: &mut ChaCha8Rng,
+        shard: Shard,
+    ) -> Result<(Loss<D>, Vec<f64>)>;
+    /// Evaluation metrics and the score that the best model and early stopping maximise,
+    /// computed over the ranks of `comm` (every rank gets the same numbers).
+    fn evaluate(&mut self, gpt: &Gpt<f32, D>, comm: &dyn Collective) -> Result<(Vec<f64>, f64)>;
     /// This run's model as a checkpoint (weights and run metadata, no training state).
     fn checkpoint(&self, gpt: &Gpt<f32, D>) -> Checkpoint;
     /// The learning-rate multiplier of a parameter.
@@ -186,9 +204,30 @@ pub struct Outcome {
     pub stopped_early: bool,
     /// Wall time of this process.
     pub seconds: f64,
+    /// Throughput and the allreduce's share of this process's steps.
+    pub throughput: Throughput,
+    /// Data parallel: FNV-1a of the final parameters, checked to be the same on every
+    /// rank (`None` for one process).
+    pub fingerprint: Option<u64>,
 }
 
-/// Runs `task` from `start` to `settings.steps` (or the stop point, or early stopping).
+/// Where a process's step time went (steps after its first, which warms up).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Throughput {
+    /// Steps timed.
+    pub steps: u64,
+    /// Seconds in those steps (loss, backward, allreduce, AdamW; no evaluation).
+    pub step_s: f64,
+    /// Seconds of those in the allreduce call (waiting for the slowest rank included).
+    pub reduce_s: f64,
+    /// Seconds of those copying gradients to and from the flat host buffer.
+    pub stage_s: f64,
+    /// Global tokens per second over the timed steps.
+    pub tokens_per_s: f64,
+}
+
+/// Runs `task` from `start` to `settings.steps` (or the stop point, or early stopping),
+/// on one process.
 pub fn run<D: ModelDevice, T: Task<D>>(
     task: &mut T,
     start: Start<D>,
@@ -196,8 +235,31 @@ pub fn run<D: ModelDevice, T: Task<D>>(
     files: &RunFiles,
     show: bool,
 ) -> Result<Outcome> {
+    run_parallel(
+        task,
+        start,
+        settings,
+        files,
+        show,
+        &mut DataParallel::single(),
+    )
+}
+
+/// [`run`] on every rank of `dp` (data parallel; see the module docs).
+pub fn run_parallel<D: ModelDevice, T: Task<D>>(
+    task: &mut T,
+    start: Start<D>,
+    settings: &Settings,
+    files: &RunFiles,
+    show: bool,
+    dp: &mut DataParallel<'_, D>,
+) -> Result<Outcome> {
     ensure!(settings.steps > 0, "--steps must be positive");
     ensure!(settings.eval_every > 0, "--eval-every must be positive");
+    let comm = dp.comm();
+    let shard = comm.shard();
+    let root = comm.is_root();
+    let show = show && root;
     let Start {
         mut gpt,
         mut opt,
@@ -208,6 +270,21 @@ pub fn run<D: ModelDevice, T: Task<D>>(
     gpt.fused = settings.fused;
     let n_train = task.train_columns().len();
     let first = opt.step;
+    if comm.size() > 1 {
+        // Every rank starts from the same point (step, data RNG, parameters).
+        let rs = RngState::of(&rng);
+        let mut start_print = Fingerprint::default();
+        start_print
+            .u64(opt.step)
+            .bytes(&rs.seed)
+            .u64(rs.stream)
+            .bytes(&rs.word_pos.to_le_bytes())
+            .u64(model_fingerprint(&gpt.params));
+        comm.agree(
+            "the starting state (step, data RNG, parameters)",
+            start_print.value(),
+        )?;
+    }
     let end = settings
         .stop_after
         .map_or(settings.steps, |s| s.min(settings.steps));
@@ -222,15 +299,26 @@ pub fn run<D: ModelDevice, T: Task<D>>(
     }
     let mut window_start = Instant::now();
     let mut window_timed = 0u64;
+    // This rank's training metrics since the last sum over the ranks, step by step.
+    let mut pending: Vec<f64> = Vec::new();
+    let mut timing = Throughput::default();
     let mut step = first;
     while step < end && !stopped_early {
+        let t_step = Instant::now();
+        let (reduce0, stage0) = (dp.reduce_s, dp.stage_s);
         let lr = lr_at(step, settings.lr, settings.warmup, settings.steps);
-        let (loss, metrics) = task.loss(&gpt, &mut rng)?;
+        let (loss, metrics) = task.loss(&gpt, &mut rng, shard)?;
+        ensure!(
+            metrics.len() == n_train,
+            "the task gave {} training metrics for {n_train} columns",
+            metrics.len()
+        );
         let value = crate::nn::value(loss.retaped::<NoneTape>());
         if !value.is_finite() {
             bail!("the loss became {value} at step {step}: lower --lr");
         }
         let mut grads = loss.backward();
+        dp.allreduce_grads(&gpt.params, &mut grads)?;
         opt.update(
             &mut gpt.params,
             &mut grads,
@@ -238,18 +326,29 @@ pub fn run<D: ModelDevice, T: Task<D>>(
             |n| task.lr_scale(n),
             gpt.fused,
         );
-        for (s, m) in progress.window_sum.iter_mut().zip(&metrics) {
-            *s += m;
+        if step > first {
+            timing.steps += 1;
+            timing.step_s += t_step.elapsed().as_secs_f64();
+            timing.reduce_s += dp.reduce_s - reduce0;
+            timing.stage_s += dp.stage_s - stage0;
         }
+        pending.extend(&metrics);
         progress.window_steps += 1;
         window_timed += 1;
         step += 1;
         bar.inc(1);
         let rate = (window_timed as usize * task.tokens_per_step()) as f64
             / window_start.elapsed().as_secs_f64().max(1e-9);
-        bar.set_message(format!("loss {value:.4}, {rate:.0} tok/s"));
+        if shard.is_whole() {
+            bar.set_message(format!("loss {value:.4}, {rate:.0} tok/s"));
+        } else {
+            bar.set_message(format!(
+                "rank 0's share of the loss {value:.4}, {rate:.0} tok/s"
+            ));
+        }
         if step % settings.eval_every == 0 || step == settings.steps {
-            let (eval, score) = task.evaluate(&gpt)?;
+            sum_metrics(comm, &mut pending, &mut progress.window_sum);
+            let (eval, score) = task.evaluate(&gpt, comm)?;
             let row = LogRow {
                 step,
                 lr,
@@ -264,13 +363,15 @@ pub fn run<D: ModelDevice, T: Task<D>>(
             };
             crate::progress::note(&bar, show, task.describe(&row));
             log.push(row);
-            write_log(files, task, &log)?;
+            if root {
+                write_log(files, task, &log)?;
+            }
             let better = progress.best_score.is_none_or(|b| score > b);
             if better {
                 progress.best_score = Some(score);
                 progress.best_step = step;
                 progress.since_best = 0;
-                if let Some(best) = &files.best {
+                if let (Some(best), true) = (&files.best, root) {
                     task.checkpoint(&gpt).save(best)?;
                 }
             } else {
@@ -289,21 +390,57 @@ pub fn run<D: ModelDevice, T: Task<D>>(
                     ),
                 );
             }
-            save_state(task, &gpt, &opt, &rng, &progress, files)?;
+            if root {
+                save_state(task, &gpt, &opt, &rng, &progress, files)?;
+            }
             window_start = Instant::now();
             window_timed = 0;
         } else if step == end {
-            save_state(task, &gpt, &opt, &rng, &progress, files)?;
+            sum_metrics(comm, &mut pending, &mut progress.window_sum);
+            if root {
+                save_state(task, &gpt, &opt, &rng, &progress, files)?;
+            }
         }
     }
     bar.finish_and_clear();
+    timing.tokens_per_s =
+        (timing.steps as usize * task.tokens_per_step()) as f64 / timing.step_s.max(1e-9);
+    // Every rank ends with rank 0's parameters, and after rank 0's last file write.
+    let fingerprint = if comm.size() > 1 {
+        let f = model_fingerprint(&gpt.params);
+        comm.agree(&format!("the parameters after step {step}"), f)?;
+        Some(f)
+    } else {
+        None
+    };
+    comm.barrier();
     Ok(Outcome {
         steps: step,
         last: log.last().cloned(),
         progress,
         stopped_early,
         seconds: t0.elapsed().as_secs_f64(),
+        throughput: timing,
+        fingerprint,
     })
+}
+
+/// Adds the training metrics of the steps in `pending` (this rank's, step-major) to
+/// `window_sum`, each step's summed over the ranks in rank order, step by step as one
+/// process adds them; empties `pending`.
+fn sum_metrics(comm: &dyn Collective, pending: &mut Vec<f64>, window_sum: &mut [f64]) {
+    let n = window_sum.len();
+    if n == 0 {
+        pending.clear();
+        return;
+    }
+    let summed = comm.sum_in_rank_order(pending);
+    for step in summed.chunks_exact(n) {
+        for (s, m) in window_sum.iter_mut().zip(step) {
+            *s += m;
+        }
+    }
+    pending.clear();
 }
 
 fn save_state<D: ModelDevice, T: Task<D>>(
