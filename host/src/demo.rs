@@ -32,6 +32,13 @@ const SUBSET: [(&str, &[u8]); 4] = [
     ),
 ];
 
+/// The shipped pretrained model (weights-only f32 checkpoint with its palette), as the
+/// path of this source tree's `models/` folder.
+pub const SHIPPED_MODEL: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../models/fm-ar-6x192.safetensors"
+);
+
 /// Demo settings.
 #[derive(Debug, Clone)]
 pub struct DemoConfig {
@@ -41,6 +48,27 @@ pub struct DemoConfig {
     pub data: Option<PathBuf>,
     /// A tiny model and few steps: under a minute.
     pub quick: bool,
+    /// A pretrained checkpoint (the shipped `models/` one) to probe on the same images,
+    /// beside a random-init control of its shape.
+    pub pretrained: Option<PathBuf>,
+}
+
+/// The shipped (pretrained) model's probe on the demo's images, with its controls.
+#[derive(Debug, Clone)]
+pub struct PretrainedRows {
+    /// The checkpoint.
+    pub path: PathBuf,
+    /// Its shape.
+    pub config: Config,
+    /// Its pretraining: steps and images per step (0 when the file does not say).
+    pub steps: (u64, usize),
+    /// Best probe layer and its test accuracy.
+    pub probe: (usize, f64),
+    /// A seeded untrained model of the same shape (the paper's init), same probe: best
+    /// layer and test accuracy.
+    pub random_init: (usize, f64),
+    /// Raw pixels at the model's resolution, same probe, same images.
+    pub raw_pixels: f64,
 }
 
 /// What the demo measured.
@@ -66,6 +94,8 @@ pub struct DemoSummary {
     pub int8_images_per_s: f64,
     /// Sampling speed (tokens/s).
     pub sample_tokens_per_s: f64,
+    /// The pretrained model's rows, when one was probed.
+    pub pretrained: Option<PretrainedRows>,
 }
 
 /// Runs the demo into `cfg.out`. Re-running resumes the pretraining (a finished run is
@@ -204,6 +234,12 @@ pub fn run(cfg: &DemoConfig, show: bool) -> Result<DemoSummary> {
         &out.join("complete.png"),
     )?;
 
+    // 6. The shipped pretrained model on the same images, with a random-init control.
+    let pretrained = match &cfg.pretrained {
+        Some(p) => Some(probe_pretrained(p, &data, limit, out, show)?),
+        None => None,
+    };
+
     let summary = DemoSummary {
         images: (
             layers_images(&out.join("probe/probe.json"), "train_images"),
@@ -218,9 +254,63 @@ pub fn run(cfg: &DemoConfig, show: bool) -> Result<DemoSummary> {
         stored_layers: report.stored_layers,
         int8_images_per_s: int8_rate,
         sample_tokens_per_s: g.tokens as f64 / g.seconds.max(1e-9),
+        pretrained,
     };
     write_summary(out, &summary, ev.f32_accuracy.unwrap_or(f64::NAN))?;
     Ok(summary)
+}
+
+/// Probes `path` (every layer, and the raw pixels beside them) and a seeded untrained
+/// model of its shape and palette on the demo's images.
+fn probe_pretrained(
+    path: &Path,
+    data: &Path,
+    limit: (usize, usize),
+    out: &Path,
+    show: bool,
+) -> Result<PretrainedRows> {
+    let ck = Checkpoint::load(path)?;
+    let palette = ck.palette_or_err(path)?;
+    let spec = |checkpoint: PathBuf, dir: &str, raw: bool| probe::ProbeSpec {
+        checkpoint: Some(checkpoint),
+        data: data.to_path_buf(),
+        layers: None,
+        labels_per_class: None,
+        raw_pixels: false,
+        with_raw_pixels: raw,
+        side: None,
+        channels: None,
+        concat: None,
+        limit,
+        out: out.join(dir),
+        batch: 64,
+        cfg: ProbeConfig::default(),
+    };
+    let best = |o: &probe::ProbeOutcome| -> Result<(usize, f64)> {
+        let i = o.best.context("no layer probed")?;
+        Ok((o.layers[i].0, o.layers[i].1.test_accuracy))
+    };
+    let trained = probe::run_spec(&spec(path.to_path_buf(), "pretrained-probe", true), show)?;
+    let init_path = out.join("random-init.safetensors");
+    let dev = dfdx::prelude::Cpu::default();
+    let gpt: crate::nn::Gpt<f32, _> = crate::nn::Gpt::init(&dev, ck.config, None, 0);
+    let mut init = Checkpoint::from_model(&gpt, Some(palette));
+    // The same run arguments with 0 steps: the same objective, so the probe uses the same
+    // attention mask (causal for AR).
+    init.pretrain = ck
+        .pretrain
+        .clone()
+        .map(|a| PretrainConfig { steps: 0, ..a });
+    init.save(&init_path)?;
+    let control = probe::run_spec(&spec(init_path, "random-init-probe", false), show)?;
+    Ok(PretrainedRows {
+        path: path.to_path_buf(),
+        config: ck.config,
+        steps: ck.pretrain.as_ref().map_or((0, 0), |a| (a.steps, a.batch)),
+        probe: best(&trained)?,
+        random_init: best(&control)?,
+        raw_pixels: trained.raw.map_or(f64::NAN, |r| r.0.test_accuracy),
+    })
 }
 
 /// What `demo.json` records of a demo folder's arguments.
@@ -286,6 +376,12 @@ fn write_summary(out: &Path, s: &DemoSummary, f32_acc: f64) -> Result<()> {
         "raw_pixel_accuracy": s.raw_pixels, "int8_accuracy": s.int8.0, "int8_f32_agreement": s.int8.1,
         "f32_bytes": s.sizes.0, "int8_file_bytes": s.sizes.1,
         "int8_images_per_s": s.int8_images_per_s, "sample_tokens_per_s": s.sample_tokens_per_s,
+        "pretrained": s.pretrained.as_ref().map(|p| serde_json::json!({
+            "checkpoint": p.path, "steps": p.steps.0, "batch": p.steps.1,
+            "probe_layer": p.probe.0, "probe_accuracy": p.probe.1,
+            "random_init_layer": p.random_init.0, "random_init_accuracy": p.random_init.1,
+            "raw_pixel_accuracy": p.raw_pixels,
+        })),
     });
     crate::io::write_atomic(
         &out.join("summary.json"),
@@ -349,14 +445,53 @@ pub fn table(s: &DemoSummary, out: &Path) -> String {
             ),
         ),
     ];
+    let mut rows = rows.to_vec();
+    if let Some(p) = &s.pretrained {
+        let c = &p.config;
+        rows.push((
+            "pretrained model".to_string(),
+            format!(
+                "{}: {} layers, width {}, {}x{}, k {}, {} steps x {} images",
+                p.path.display(),
+                c.layers,
+                c.width,
+                c.side,
+                c.side,
+                c.vocab,
+                p.steps.0,
+                p.steps.1
+            ),
+        ));
+        rows.push((
+            format!("  its linear probe, f32 (layer {})", p.probe.0),
+            format!(
+                "{} ({:+.2} points over raw pixels)",
+                pct(p.probe.1),
+                100.0 * (p.probe.1 - p.raw_pixels)
+            ),
+        ));
+        rows.push((
+            format!("  random-init control (layer {})", p.random_init.0),
+            pct(p.random_init.1),
+        ));
+        rows.push((
+            format!("  raw pixels at {}x{}", c.side, c.side),
+            pct(p.raw_pixels),
+        ));
+    }
     let w = rows.iter().map(|r| r.0.len()).max().unwrap_or(0);
     let mut t = String::new();
     for (k, v) in rows {
         t.push_str(&format!("{k:<w$}  {v}\n"));
     }
     t.push_str(&format!(
-        "written to {}: run/loss.png, probe/probe.png, samples.png, complete.png, model.igpt, summary.json\n",
-        out.display()
+        "written to {}: run/loss.png, probe/probe.png, samples.png, complete.png, model.igpt, summary.json{}\n",
+        out.display(),
+        if s.pretrained.is_some() {
+            ", pretrained-probe/probe.png, random-init-probe/probe.png"
+        } else {
+            ""
+        }
     ));
     t
 }

@@ -43,6 +43,8 @@ enum Cmd {
     /// Write a seeded, untrained checkpoint (and optionally a seeded probe head): shapes
     /// for benchmarks and firmware tests without training.
     Init(cli::train::InitArgs),
+    /// Write a weights-only copy of a checkpoint (no optimizer state): for sharing.
+    Strip(cli::train::StripArgs),
     /// Write an int8 model file (postcard, CRC-32) for igpt-core and firmware.
     Export(cli::int8::ExportArgs),
     /// Write test vectors for firmware: test images' tokens, labels and the host core's
@@ -134,6 +136,7 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Finetune(a) => cli::train::finetune_cmd(a),
         Cmd::Demo(a) => cli::demo::demo_cmd(a),
         Cmd::Init(a) => cli::train::init_cmd(a),
+        Cmd::Strip(a) => cli::train::strip_cmd(a),
         Cmd::Export(a) => cli::int8::export_cmd(a),
         Cmd::ExportVectors(a) => cli::int8::vectors_cmd(a),
         Cmd::Classify(a) => cli::int8::classify_cmd(a),

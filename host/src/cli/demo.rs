@@ -15,6 +15,14 @@ pub struct DemoArgs {
     /// A tiny model on part of the subset: under a minute.
     #[arg(long)]
     pub quick: bool,
+    /// A pretrained checkpoint to probe on the same images beside raw pixels and a
+    /// random-init control (default: the repository's shipped model, `models/`, when it
+    /// is there; not with --quick unless given).
+    #[arg(long)]
+    pub pretrained: Option<PathBuf>,
+    /// Do not probe a pretrained model.
+    #[arg(long, conflicts_with = "pretrained")]
+    pub no_pretrained: bool,
     /// Worker threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -22,10 +30,24 @@ pub struct DemoArgs {
 
 pub fn demo_cmd(a: DemoArgs) -> Result<()> {
     set_threads(a.threads)?;
+    let shipped = PathBuf::from(igpt::demo::SHIPPED_MODEL);
+    let pretrained = match (a.pretrained, a.no_pretrained || a.quick) {
+        (Some(p), _) => Some(p),
+        (None, false) if shipped.exists() => Some(shipped),
+        (None, false) => {
+            eprintln!(
+                "demo: no shipped model at {} (a clone with models/ has it; --pretrained PATH names another): skipping its probe",
+                shipped.display()
+            );
+            None
+        }
+        (None, true) => None,
+    };
     let cfg = igpt::demo::DemoConfig {
         out: a.out.clone(),
         data: a.data,
         quick: a.quick,
+        pretrained,
     };
     let s = igpt::demo::run(&cfg, true)?;
     print!("{}", igpt::demo::table(&s, &a.out));

@@ -168,6 +168,18 @@ pub struct InitArgs {
 }
 
 #[derive(clap::Args)]
+pub struct StripArgs {
+    /// The checkpoint (a pretraining or fine-tuning one, with or without training state).
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Output: the same weights, shape, palette and run arguments, without the optimizer
+    /// moments and loop state (about a third of the size; it cannot be resumed). Strip a
+    /// finished run: the recorded arguments give the planned steps, not the last one.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(clap::Args)]
 pub struct ImportHfArgs {
     /// The HF config.json.
     #[arg(long)]
@@ -372,6 +384,23 @@ pub fn import_hf_cmd(a: ImportHfArgs) -> Result<()> {
             ", class head of {} labels",
             s.rows
         ))
+    );
+    Ok(())
+}
+
+pub fn strip_cmd(a: StripArgs) -> Result<()> {
+    igpt::io::guard::ensure_distinct([&a.out], [&a.checkpoint])?;
+    let mut ck = Checkpoint::load(&a.checkpoint)?;
+    let step = ck.state.take().map(|s| s.step);
+    ck.save(&a.out)?;
+    let size = |p: &PathBuf| std::fs::metadata(p).map_or(0, |m| m.len());
+    println!(
+        "{}: weights only ({} parameters{}), {} bytes (was {})",
+        a.out.display(),
+        ck.config.param_count(),
+        step.map_or(String::new(), |s| format!(", after step {s}")),
+        size(&a.out),
+        size(&a.checkpoint)
     );
     Ok(())
 }
