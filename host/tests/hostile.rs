@@ -947,6 +947,27 @@ fn hostile_cases_by_class() {
         ],
         &[&s(&other_ck), &model],
     );
+    // strip: a weights-only copy loads everywhere a checkpoint does; it never writes
+    // over its input; a file that is not a checkpoint is named.
+    let stripped = tmp.path().join("stripped.safetensors");
+    works(&["strip", "--checkpoint", &ck, "--out", &s(&stripped)]);
+    works(&[
+        "export",
+        "--checkpoint",
+        &s(&stripped),
+        "--probe",
+        &head,
+        "--out",
+        &o("stripped.igpt"),
+    ]);
+    refused(
+        &["strip", "--checkpoint", &ck, "--out", &ck],
+        &[&ck, "also an input"],
+    );
+    refused(
+        &["strip", "--checkpoint", &pal, "--out", &o("x.safetensors")],
+        &[&pal],
+    );
     let no_head = tmp.path().join("nohead.igpt");
     works(&["export", "--checkpoint", &ck, "--out", &s(&no_head)]);
     refused(

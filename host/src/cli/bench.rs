@@ -155,7 +155,11 @@ pub fn parity_cmd(a: BenchParityArgs) -> Result<()> {
         );
         igpt::eval::parity::parity(&dev, &a.fixtures)
     })?;
-    igpt::eval::parity::report(&checks)
+    let (lines, verdict) = igpt::eval::parity::report(&checks);
+    for l in lines {
+        println!("{l}");
+    }
+    verdict
 }
 
 pub fn train_cmd(a: BenchTrainArgs) -> Result<()> {

@@ -21,7 +21,7 @@
 use crate::nn::device::ModelDevice;
 use crate::nn::{Capture, Captures, Gpt};
 use crate::train::{self, Batch};
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use dfdx::prelude::*;
 use igpt_core::Config;
 use safetensors::{Dtype, SafeTensors};
@@ -299,30 +299,37 @@ pub fn parity<D: ModelDevice>(dev: &D, dir: &Path) -> Result<Vec<Check>> {
     Ok(checks)
 }
 
-/// Prints the checks, one a line, and `parity=PASS`; an error naming the failures
-/// otherwise.
-pub fn report(checks: &[Check]) -> Result<()> {
-    for c in checks {
-        println!(
-            "{:<12} {:<68} {:>9.2e}  (tol {:.0e}) {}",
-            c.case,
-            c.what,
-            c.diff,
-            c.tol,
-            if c.ok() { "ok" } else { "FAIL" }
-        );
-    }
+/// The checks as lines for the terminal, one a check, then `parity=PASS` or
+/// `parity=FAIL`; with the error naming the failures when any failed.
+pub fn report(checks: &[Check]) -> (Vec<String>, Result<()>) {
+    let mut lines: Vec<String> = checks
+        .iter()
+        .map(|c| {
+            format!(
+                "{:<12} {:<68} {:>9.2e}  (tol {:.0e}) {}",
+                c.case,
+                c.what,
+                c.diff,
+                c.tol,
+                if c.ok() { "ok" } else { "FAIL" }
+            )
+        })
+        .collect();
     let bad: Vec<String> = checks
         .iter()
         .filter(|c| !c.ok())
         .map(|c| format!("{} {} {:.2e}", c.case, c.what, c.diff))
         .collect();
-    if !bad.is_empty() {
-        println!("parity=FAIL");
-        bail!("parity failed: {}", bad.join("; "));
+    if bad.is_empty() {
+        lines.push("parity=PASS".into());
+        (lines, Ok(()))
+    } else {
+        lines.push("parity=FAIL".into());
+        (
+            lines,
+            Err(anyhow::anyhow!("parity failed: {}", bad.join("; "))),
+        )
     }
-    println!("parity=PASS");
-    Ok(())
 }
 
 /// Training FLOPs per token of a config: `(6·N, attention)`, N the parameters that

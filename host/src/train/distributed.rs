@@ -431,11 +431,11 @@ pub fn or_abort<T>(comm: &dyn Collective, f: impl FnOnce() -> Result<T>) -> Resu
     };
     match out {
         Err(e) if comm.size() > 1 => {
-            eprintln!(
+            crate::progress::message(format!(
                 "error: {}: {}",
                 comm.describe(),
                 format!("{e:#}").replace('\n', " ")
-            );
+            ));
             comm.abort(1)
         }
         r => r,
