@@ -383,6 +383,32 @@ impl Fingerprint {
     }
 }
 
+/// What every rank checks before a data-parallel run starts: at least one image of
+/// each batch per rank, and the same run everywhere: `args` (the run's arguments with
+/// the paths blanked, since nodes may mount the data elsewhere), `--resume` and
+/// `--stop-after`.
+pub fn agree_on_run(
+    comm: &dyn Collective,
+    batch: usize,
+    args: &impl serde::Serialize,
+    resume: bool,
+    stop_after: Option<u64>,
+) -> Result<()> {
+    anyhow::ensure!(
+        batch >= comm.size(),
+        "--batch {batch} is below the {} ranks: every rank needs at least one image of each batch",
+        comm.size()
+    );
+    let mut h = Fingerprint::default();
+    h.bytes(&serde_json::to_vec(args).unwrap_or_default())
+        .bytes(&[resume as u8])
+        .u64(stop_after.unwrap_or(u64::MAX));
+    comm.agree(
+        "the arguments (--resume and --stop-after included)",
+        h.value(),
+    )
+}
+
 /// The fingerprint of host-side parameters: their f32 bits in canonical order.
 pub fn params_fingerprint(params: &GptParams<Mat>) -> u64 {
     let mut h = Fingerprint::default();

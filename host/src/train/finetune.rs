@@ -313,26 +313,16 @@ pub fn finetune_parallel<D: ModelDevice>(
     let comm = dp.comm();
     let show = show && comm.is_root();
     cfg.validate()?;
-    ensure!(
-        cfg.batch >= comm.size(),
-        "--batch {} is below the {} ranks: every rank needs at least one image of each batch",
+    super::distributed::agree_on_run(
+        comm,
         cfg.batch,
-        comm.size()
-    );
-    let mut args = Fingerprint::default();
-    args.bytes(
-        &serde_json::to_vec(&FinetuneArgs {
+        &FinetuneArgs {
             checkpoint: PathBuf::new(),
             data: PathBuf::new(),
             ..cfg.clone()
-        })
-        .unwrap_or_default(),
-    )
-    .bytes(&[resume as u8])
-    .u64(stop_after.unwrap_or(u64::MAX));
-    comm.agree(
-        "the arguments (--resume and --stop-after included)",
-        args.value(),
+        },
+        resume,
+        stop_after,
     )?;
     let files = RunFiles {
         dir: out.to_path_buf(),

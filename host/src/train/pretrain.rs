@@ -185,26 +185,16 @@ pub fn pretrain_parallel<D: ModelDevice>(
     let comm = dp.comm();
     let show_progress = show_progress && comm.is_root();
     cfg.validate()?;
-    ensure!(
-        cfg.batch >= comm.size(),
-        "--batch {} is below the {} ranks: every rank needs at least one image of each batch",
-        cfg.batch,
-        comm.size()
-    );
     // The same run on every rank (paths aside: nodes may mount the data elsewhere).
-    let mut args = Fingerprint::default();
-    args.bytes(
-        &serde_json::to_vec(&PretrainArgs {
+    super::distributed::agree_on_run(
+        comm,
+        cfg.batch,
+        &PretrainArgs {
             data: PathBuf::new(),
             ..cfg.clone()
-        })
-        .unwrap_or_default(),
-    )
-    .bytes(&[resume as u8])
-    .u64(stop_after.unwrap_or(u64::MAX));
-    comm.agree(
-        "the arguments (--resume and --stop-after included)",
-        args.value(),
+        },
+        resume,
+        stop_after,
     )?;
     ensure!(
         palette.len() == cfg.model.vocab,
