@@ -1,11 +1,17 @@
-//! The host's vector kernels for igpt-core's int8 forward pass, plugged in through
-//! [`igpt_core::kernels::Ops`], in three x86-64 sets beside igpt-core's portable code:
+//! igpt-core's int8 forward pass on the host: vector kernels plugged in through
+//! [`igpt_core::kernels::Ops`], three x86-64 sets and two aarch64 sets beside igpt-core's
+//! portable code, and the forward dispatched to the instruction set of the chosen kernels
+//! ([`classify`], [`logits`]). This crate depends on igpt-core alone (no dfdx), so its
+//! tests build and run quickly for another target: CI runs them for aarch64 under
+//! `qemu-aarch64` (README, "Kernels").
 //!
 //! | [`KernelSet`] | CPU flags | int8 products | the rest |
 //! |---|---|---|---|
 //! | `avx512` | avx512f, avx512bw, avx512vnni | `vpdpbusd` zmm on `w + 128` | 16 lanes (`avx512.rs`) |
 //! | `avxvnni` | avx2, avxvnni | `vpdpbusd` ymm on `w + 128` | 8 lanes (`avx2.rs`) |
 //! | `avx2` | avx2 | `vpmaddwd` on i16 copies of `w` and `x` | 8 lanes (`avx2.rs`) |
+//! | `neondot` | asimd, asimddp (aarch64) | `sdot` on `w` | igpt-core's functions (`neon.rs`) |
+//! | `neon` | asimd (every aarch64 CPU) | `smull` + `sadalp` on `w` | igpt-core's functions (`neon.rs`) |
 //! | `portable` | - | igpt-core's functions | igpt-core's functions |
 //!
 //! Every kernel computes exactly what igpt-core's portable function computes, in the same
@@ -15,17 +21,20 @@
 //! keep two registers per 16 lanes (lanes 0-7 and 8-15), whose sum is the tree's first
 //! step. For shapes a kernel does not take (outputs not a multiple of 16, inputs not a
 //! multiple of 4, rows not a multiple of 16 (AVX-512) or 8 (AVX2) values, head widths the
-//! attention kernel does not take) the portable function runs.
+//! attention kernel does not take) the portable function runs. The NEON sets replace only
+//! the int8 products (the forward's bulk); the rest is igpt-core's code, which LLVM
+//! vectorises for NEON on its own.
 //!
 //! The set is chosen once per process: the environment variable `IGPT_KERNELS`
-//! (`portable`, `avx2`, `avxvnni` or `avx512`; `neon` is reserved for aarch64) forces one,
-//! and asking for one this CPU lacks is an error; unset, the best this CPU has runs
+//! (`portable`, `avx2`, `avxvnni`, `avx512`, `neon` or `neondot`) forces one, and asking
+//! for one this CPU lacks is an error; unset, the best this CPU has runs
 //! ([`KernelSet::from_env`]). Code picks one with [`Packed::with_kernels`].
 //!
 //! Packed layout of an `(O, C)` matrix: blocks of 16 outputs, in each block groups of 64
 //! bytes (16 outputs × 4 consecutive inputs as bytes, or × 2 as i16), so one 64-byte load
-//! (or two 32-byte loads) feeds 16 outputs. The VNNI sets store bytes `w + 128`
-//! (unsigned, as `vpdpbusd` wants; `128 · Σ x` is subtracted afterwards, exact in i32);
+//! (or two 32-byte loads, or four 16-byte loads) feeds 16 outputs. The VNNI sets store
+//! bytes `w + 128` (unsigned, as `vpdpbusd` wants; `128 · Σ x` is subtracted afterwards,
+//! exact in i32); the NEON sets store `w` itself (`sdot` and `smull` are signed × signed);
 //! the AVX2 set stores `w` as i16 (`avx2.rs` shows why its products are exact).
 
 use igpt_core::kernels::{self as ck, AttnArgs, Mat, Ops};
@@ -38,6 +47,11 @@ use std::sync::OnceLock;
 mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+mod dispatch;
+#[cfg(target_arch = "aarch64")]
+mod neon;
+
+pub use dispatch::{classify, logits, Buffers};
 
 /// A set of kernels behind [`FastOps`]. Ordered from slowest to fastest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -51,6 +65,10 @@ pub enum KernelSet {
     AvxVnni,
     /// AVX-512 F/BW/VNNI: 16-lane kernels, int8 products with 512-bit `vpdpbusd`.
     Avx512,
+    /// aarch64 NEON (every aarch64 CPU): int8 products with `smull` + `sadalp`.
+    Neon,
+    /// aarch64 NEON with the dot-product extension: int8 products with `sdot`.
+    NeonDot,
 }
 
 /// The environment variable that forces a [`KernelSet`].
@@ -70,11 +88,13 @@ impl std::error::Error for KernelError {}
 
 impl KernelSet {
     /// Every set, slowest first.
-    pub const ALL: [KernelSet; 4] = [
+    pub const ALL: [KernelSet; 6] = [
         KernelSet::Portable,
         KernelSet::Avx2,
         KernelSet::AvxVnni,
         KernelSet::Avx512,
+        KernelSet::Neon,
+        KernelSet::NeonDot,
     ];
 
     /// The name `IGPT_KERNELS` takes.
@@ -84,7 +104,27 @@ impl KernelSet {
             KernelSet::Avx2 => "avx2",
             KernelSet::AvxVnni => "avxvnni",
             KernelSet::Avx512 => "avx512",
+            KernelSet::Neon => "neon",
+            KernelSet::NeonDot => "neondot",
         }
+    }
+
+    /// The architecture whose CPUs run the set (`None`: every one).
+    pub fn arch(self) -> Option<&'static str> {
+        match self {
+            KernelSet::Portable => None,
+            KernelSet::Avx2 | KernelSet::AvxVnni | KernelSet::Avx512 => Some("x86_64"),
+            KernelSet::Neon | KernelSet::NeonDot => Some("aarch64"),
+        }
+    }
+
+    /// True when the set has its own attention, norm and quantization kernels (else
+    /// those run igpt-core's portable functions and only the int8 products are its own).
+    pub fn has_vector_rest(self) -> bool {
+        matches!(
+            self,
+            KernelSet::Avx2 | KernelSet::AvxVnni | KernelSet::Avx512
+        )
     }
 
     /// What runs, in words (for `bench infer`).
@@ -96,6 +136,10 @@ impl KernelSet {
                 "host AVX-VNNI kernels (256-bit vpdpbusd int8 products, AVX2 rest)"
             }
             KernelSet::Avx512 => "host AVX-512 VNNI kernels (512-bit vpdpbusd)",
+            KernelSet::Neon => "host NEON kernels (smull + sadalp int8 products, portable rest)",
+            KernelSet::NeonDot => {
+                "host NEON dot-product kernels (sdot int8 products, portable rest)"
+            }
         }
     }
 
@@ -106,17 +150,19 @@ impl KernelSet {
             KernelSet::Avx2 => "avx2",
             KernelSet::AvxVnni => "avx2 and avx_vnni",
             KernelSet::Avx512 => "avx512f, avx512bw and avx512_vnni",
+            KernelSet::Neon => "asimd (aarch64)",
+            KernelSet::NeonDot => "asimd and asimddp (aarch64)",
         }
     }
 
     /// The CPU flags the set needs (`/proc/cpuinfo` spelling), each with whether this
-    /// CPU has it (checked at run time). Empty off x86-64.
+    /// CPU has it (checked at run time). Empty for the portable set and for a set of
+    /// another architecture.
     fn flags(self) -> Vec<(&'static str, bool)> {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
             match self {
-                KernelSet::Portable => Vec::new(),
                 KernelSet::Avx2 => vec![("avx2", has!("avx2"))],
                 KernelSet::AvxVnni => vec![("avx2", has!("avx2")), ("avx_vnni", has!("avxvnni"))],
                 KernelSet::Avx512 => vec![
@@ -124,20 +170,35 @@ impl KernelSet {
                     ("avx512bw", has!("avx512bw")),
                     ("avx512_vnni", has!("avx512vnni")),
                 ],
+                _ => Vec::new(),
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
+        #[cfg(target_arch = "aarch64")]
+        {
+            use std::arch::is_aarch64_feature_detected as has;
+            match self {
+                KernelSet::Neon => vec![("asimd", has!("neon"))],
+                KernelSet::NeonDot => vec![("asimd", has!("neon")), ("asimddp", has!("dotprod"))],
+                _ => Vec::new(),
+            }
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
         {
             let _ = self;
             Vec::new()
         }
     }
 
+    /// True when this build's architecture is the set's.
+    fn this_arch(self) -> bool {
+        self.arch().is_none_or(|a| a == std::env::consts::ARCH)
+    }
+
     /// True when this CPU runs the set (checked at run time).
     pub fn supported(self) -> bool {
         match self {
             KernelSet::Portable => true,
-            _ => cfg!(target_arch = "x86_64") && self.flags().iter().all(|&(_, has)| has),
+            _ => self.this_arch() && self.flags().iter().all(|&(_, has)| has),
         }
     }
 
@@ -160,23 +221,9 @@ impl KernelSet {
     /// The set named `name` (as `IGPT_KERNELS` spells it, any case), if this CPU runs it.
     pub fn parse(name: &str) -> Result<KernelSet, KernelError> {
         let n = name.trim().to_ascii_lowercase();
-        if n == "neon" {
-            return Err(KernelError(if cfg!(target_arch = "aarch64") {
-                format!(
-                    "no NEON kernels are built yet (this CPU runs: {})",
-                    Self::runs()
-                )
-            } else {
-                format!(
-                    "NEON kernels are for aarch64, this is an {} build (this CPU runs: {})",
-                    std::env::consts::ARCH,
-                    Self::runs()
-                )
-            }));
-        }
         let Some(set) = Self::ALL.into_iter().find(|k| k.name() == n) else {
             return Err(KernelError(format!(
-                "unknown kernel set {name:?}: expected portable, avx2, avxvnni or avx512 (this CPU runs: {})",
+                "unknown kernel set {name:?}: expected portable, avx2, avxvnni, avx512, neon or neondot (this CPU runs: {})",
                 Self::runs()
             )));
         };
@@ -187,7 +234,7 @@ impl KernelSet {
     fn lacks(self) -> Option<String> {
         if self.supported() {
             None
-        } else if cfg!(target_arch = "x86_64") {
+        } else if self.this_arch() {
             let missing: Vec<_> = self
                 .flags()
                 .into_iter()
@@ -201,8 +248,9 @@ impl KernelSet {
             ))
         } else {
             Some(format!(
-                "{} is an x86-64 kernel set, this is an {} build (it runs: {})",
+                "{} is an {} kernel set and this {} build lacks it (it runs: {})",
                 self.name(),
+                self.arch().unwrap_or("?"),
                 std::env::consts::ARCH,
                 Self::runs()
             ))
@@ -253,7 +301,8 @@ impl fmt::Display for KernelSet {
 pub struct PackedMat {
     rows: usize,
     cols: usize,
-    /// VNNI sets: `(rows/16, cols/4, 16, 4)` bytes of `w + 128` (else empty).
+    /// VNNI sets: `(rows/16, cols/4, 16, 4)` bytes of `w + 128`; NEON sets: the same
+    /// layout of `w` (else empty).
     data: Vec<u8>,
     /// AVX2: `(rows/16, cols/2, 16, 2)` i16 of `w` (else empty).
     wide: Vec<i16>,
@@ -284,14 +333,20 @@ impl PackedMat {
                     }
                 }
             }
-            KernelSet::AvxVnni | KernelSet::Avx512 => {
+            KernelSet::AvxVnni | KernelSet::Avx512 | KernelSet::Neon | KernelSet::NeonDot => {
+                // `w + 128` for vpdpbusd (unsigned × signed), `w` for sdot / smull.
+                let flip = if set.arch() == Some("x86_64") {
+                    0x80
+                } else {
+                    0
+                };
                 data = vec![0u8; o * c];
                 for (r, row) in w.data.chunks_exact(c).enumerate().take(o) {
                     let (b, lane) = (r / 16, r % 16);
                     for (kq, four) in row.chunks_exact(4).enumerate() {
                         let at = b * 16 * c + kq * 64 + lane * 4;
                         for (dst, &v) in data[at..at + 4].iter_mut().zip(four) {
-                            *dst = v ^ 0x80;
+                            *dst = v ^ flip;
                         }
                     }
                 }
@@ -469,7 +524,28 @@ impl FastOps<'_> {
                             KernelSet::Avx2 => {
                                 avx2::wide::matmul(out, xq, xs, pm, add, t, grouped, work)
                             }
-                            KernelSet::Portable => return false,
+                            _ => return false,
+                        }
+                    }
+                    hit();
+                    return true;
+                }
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        if let Some(pm) = self.packed.get(layer, which) {
+            let per_row = if grouped { ck::groups(pm.cols) } else { 1 };
+            if pm.rows == w.rows && pm.cols == w.cols {
+                if let Some(t) = rows_of(pm, out, xq, xs, per_row) {
+                    // SAFETY: as above (packed only for a set this CPU runs, lengths
+                    // checked just above).
+                    unsafe {
+                        match self.packed.kernels {
+                            KernelSet::NeonDot => {
+                                neon::matmul_sdot(out, xq, xs, pm, add, t, grouped)
+                            }
+                            KernelSet::Neon => neon::matmul_smull(out, xq, xs, pm, add, t, grouped),
+                            _ => return false,
                         }
                     }
                     hit();
@@ -495,6 +571,7 @@ impl FastOps<'_> {
             KernelSet::Portable => 0,
             KernelSet::Avx2 | KernelSet::AvxVnni => 8,
             KernelSet::Avx512 => 16,
+            KernelSet::Neon | KernelSet::NeonDot => 0,
         }
     }
 }
@@ -640,5 +717,5 @@ impl Ops for FastOps<'_> {
     }
 }
 
-#[cfg(all(test, target_arch = "x86_64"))]
+#[cfg(test)]
 mod tests;
