@@ -3,7 +3,7 @@
 //! portable code, and the forward dispatched to the instruction set of the chosen kernels
 //! ([`classify`], [`logits`]). This crate depends on igpt-core alone (no dfdx), so its
 //! tests build and run quickly for another target: CI runs them for aarch64 under
-//! `qemu-aarch64` (README, "Kernels").
+//! `qemu-aarch64` (`.ci/run`).
 //!
 //! | [`KernelSet`] | CPU flags | int8 products | the rest |
 //! |---|---|---|---|
