@@ -2,7 +2,8 @@
 //! launched through `mpirun --allow-run-as-root --oversubscribe -np 2`.
 //!
 //! Run with `cargo test -p igpt --features mpi --test mpi` (needs libopenmpi-dev,
-//! openmpi-bin and libclang-dev; CI's "MPI" step installs them). Cargo builds the `igpt`
+//! openmpi-bin and libclang-dev; CI installs them and runs these tests within
+//! `cargo test --workspace --features igpt/mpi`). Cargo builds the `igpt`
 //! binary of that test run with the feature, and `CARGO_BIN_EXE_igpt` points at it.
 //! Without the feature this file holds one test that prints why it did nothing; with it,
 //! a missing `mpirun` skips with a printed reason, except under CI, where it fails.
