@@ -34,7 +34,9 @@ if ! command -v qemu-system-arm >/dev/null; then
 fi
 qemu-system-arm --version | head -1
 
-cargo build -q -p igpt || exit 1
+# IGPT_FEATURES: the features the caller's test build used (CI: mpi), so this reuses
+# its target/debug/igpt instead of building igpt a second time without them.
+cargo build -q -p igpt ${IGPT_FEATURES:+--features "$IGPT_FEATURES"} || exit 1
 igpt="$root/target/debug/igpt"
 fm=/usr/share/datasets/fashion-mnist
 cifar="$root/data/cifar10-sample"
