@@ -1,6 +1,6 @@
 //! igpt-core's forward with a [`FastOps`], compiled for the instruction set of its kernels.
 
-use crate::{FastOps, KernelSet};
+use crate::{FastOps, KernelSet, Packed};
 use anyhow::Result;
 use igpt_core::{scratch_f32_len, scratch_i8_len, Config, Model, Prediction, Scratch};
 
@@ -110,3 +110,50 @@ dispatched!(
     logits(image: &[u16], s: &mut Scratch<'_>, out: &mut [f32]) -> igpt_core::Result<()>,
     logits_with
 );
+
+/// Runs `model` on `image` through the dispatched forward with `packed`'s kernels and
+/// through igpt-core's portable code, and checks they agree bit for bit: the next-token
+/// logits and every KV-cached step (when the file has the next-token head), and the
+/// classification with its probabilities (when it has a probe head). Returns the number
+/// of outputs compared; the error names the first that differs.
+pub fn check_against_portable(model: &Model<'_>, packed: &Packed, image: &[u16]) -> Result<usize> {
+    let c = *model.config();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let set = packed.kernels();
+    let (mut plain_buf, mut fast_buf) = (Buffers::new(&c), Buffers::new(&c));
+    let (mut ps, mut fs) = (plain_buf.scratch(&c)?, fast_buf.scratch(&c)?);
+    let mut ops = packed.ops();
+    let mut compared = 0;
+    if model.has_head() {
+        let mut plain = vec![0f32; c.seq_len() * c.vocab];
+        let mut fast = plain.clone();
+        model.logits(image, &mut ps, &mut plain)?;
+        logits(model, &mut ops, image, &mut fs, &mut fast)?;
+        anyhow::ensure!(
+            bits(&fast) == bits(&plain),
+            "{set}: next-token logits differ"
+        );
+        let mut kv = vec![0f32; igpt_core::kv_f32_len(&c)];
+        let mut cache = igpt_core::KvCache::new(&c, &mut kv)?;
+        let mut step = vec![0f32; c.vocab];
+        for (t, want) in plain.chunks_exact(c.vocab).enumerate() {
+            let id = if t == 0 { c.sos() as u16 } else { image[t - 1] };
+            model.step_with(&mut ops, id, &mut cache, &mut fs, &mut step)?;
+            anyhow::ensure!(
+                bits(&step) == bits(want),
+                "{set}: KV-cached step {t} differs"
+            );
+        }
+        compared += 2 * c.seq_len();
+    }
+    if model.probe().is_some() {
+        let want = model.classify(image, &mut ps)?;
+        let got = classify(model, &mut ops, image, &mut fs)?;
+        anyhow::ensure!(
+            got.class == want.class && bits(&got.probs) == bits(&want.probs),
+            "{set}: classification differs"
+        );
+        compared += 1;
+    }
+    Ok(compared)
+}

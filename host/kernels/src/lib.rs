@@ -51,7 +51,7 @@ mod dispatch;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 
-pub use dispatch::{classify, logits, Buffers};
+pub use dispatch::{check_against_portable, classify, logits, Buffers};
 
 /// A set of kernels behind [`FastOps`]. Ordered from slowest to fastest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
