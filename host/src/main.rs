@@ -33,6 +33,10 @@ enum Cmd {
     Pretrain(cli::train::PretrainArgs),
     /// Linear probes on every layer's average-pooled features (or on raw pixels).
     Probe(cli::eval::ProbeArgs),
+    /// The paper's Figure 3 at small scale: gather pretrained runs (each folder with its
+    /// checkpoint, log.csv and probe/) into a table and plots of probe accuracy against
+    /// validation bits/dim and by relative depth.
+    Scaling(cli::eval::ScalingArgs),
     /// Sample images (KV-cached), or complete images from their top rows.
     Sample(cli::eval::SampleArgs),
     /// Fine-tune a pretrained model on L_gen + L_clf with a class head, early stopping.
@@ -132,6 +136,7 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::ImportHf(a) => cli::train::import_hf_cmd(a),
         Cmd::Pretrain(a) => cli::train::pretrain_cmd(a),
         Cmd::Probe(a) => cli::eval::probe_cmd(a),
+        Cmd::Scaling(a) => cli::eval::scaling_cmd(a),
         Cmd::Sample(a) => cli::eval::sample_cmd(a),
         Cmd::Finetune(a) => cli::train::finetune_cmd(a),
         Cmd::Demo(a) => cli::demo::demo_cmd(a),

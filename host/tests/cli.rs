@@ -595,7 +595,7 @@ fn probe_and_sample_on_a_small_model() {
     ]);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let ck = run.join("checkpoint.safetensors");
-    let out = dir.path().join("probe");
+    let out = run.join("probe");
     let r = igpt(&[
         "probe",
         "--checkpoint",
@@ -615,6 +615,22 @@ fn probe_and_sample_on_a_small_model() {
         assert!((0.0..=1.0).contains(&acc));
     }
     assert!(out.join("probe.png").is_file() && out.join("probe-head.json").is_file());
+    // The scaling report reads the run folder: its row carries the probe's best layer.
+    let sc = dir.path().join("scaling");
+    let r = igpt(&["scaling", "--runs", s(&run), "--out", s(&sc)]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let table = std::fs::read_to_string(sc.join("scaling.md")).unwrap();
+    let best = json["best_test_accuracy"].as_f64().unwrap();
+    let row = table.lines().nth(2).unwrap();
+    assert!(
+        row.starts_with("| AR 2x16 |") && row.contains(&format!("| {:.2}% |", 100.0 * best)),
+        "{table}"
+    );
+    assert!(sc.join("scaling.png").is_file() && sc.join("scaling-by-layer.png").is_file());
+    fails(
+        &["scaling", "--runs", s(&out), "--out", s(&sc)],
+        &["checkpoint.safetensors"],
+    );
     // int8 export, then the core path: classify, eval against the f32 checkpoint, bench.
     let model = dir.path().join("m.igpt");
     let head = out.join("probe-head.json");

@@ -226,6 +226,44 @@ pub fn probe_cmd(a: ProbeArgs) -> Result<()> {
     Ok(())
 }
 
+#[derive(clap::Args)]
+pub struct ScalingArgs {
+    /// Run folders (from `igpt pretrain`, each probed into its probe/ folder).
+    #[arg(long, num_args = 1.., required = true)]
+    pub runs: Vec<PathBuf>,
+    /// Output folder: scaling.png, scaling-by-layer.png, scaling.md.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn scaling_cmd(a: ScalingArgs) -> Result<()> {
+    use igpt::eval::scaling;
+    let runs = a
+        .runs
+        .iter()
+        .map(|d| scaling::load_run(d))
+        .collect::<Result<Vec<_>>>()?;
+    std::fs::create_dir_all(&a.out).with_context(|| format!("{}", a.out.display()))?;
+    scaling::plot(
+        &runs,
+        &a.out.join("scaling.png"),
+        &a.out.join("scaling-by-layer.png"),
+    )?;
+    let rows = scaling::table(&runs);
+    let mut md = rows.join("\n");
+    md.push('\n');
+    igpt::io::write_atomic(&a.out.join("scaling.md"), md.as_bytes())?;
+    for r in &rows {
+        println!("{r}");
+    }
+    println!(
+        "plots: {}, {}",
+        a.out.join("scaling.png").display(),
+        a.out.join("scaling-by-layer.png").display()
+    );
+    Ok(())
+}
+
 pub fn sample_cmd(a: SampleArgs) -> Result<()> {
     igpt::io::guard::ensure_distinct(
         [&a.out],

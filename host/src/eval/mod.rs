@@ -7,3 +7,4 @@ pub mod logistic;
 pub mod parity;
 pub mod probe;
 pub mod sample;
+pub mod scaling;
