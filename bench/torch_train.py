@@ -94,6 +94,8 @@ def main():
     dt = time.perf_counter() - t0
     print(f"torch {torch.__version__}: {a.layers} layers, width {a.width}, {a.heads} heads, {a.side}x{a.side}, "
           f"k {a.vocab}, batch {a.batch}, {a.steps} steps, {torch.get_num_threads()} threads")
+    mkl = torch.backends.mkl.is_available()
+    print(f"cpu_capability={torch.backends.cpu.get_cpu_capability()} (mkl {mkl})")
     print(f"tokens_per_s={a.steps * a.batch * n / dt:.1f}")
 
 

@@ -210,6 +210,9 @@ pub fn train_cmd(a: BenchTrainArgs) -> Result<()> {
         "train_flops_per_token={:.4e} (6N {six_n:.4e} + attention {attn:.4e})",
         six_n + attn
     );
+    if a.device == DeviceKind::Cpu {
+        println!("training_isa={}", igpt::nn::kernels::training_isa());
+    }
     println!("model_tflops={:.3}", (six_n + attn) * tps / 1e12);
     println!("tokens_per_s={tps:.1}");
     Ok(())

@@ -23,6 +23,36 @@ use dfdx::prelude::*;
 use multiversion::multiversion;
 use rayon::prelude::*;
 
+/// The instruction set the f32 training kernels run with on this CPU: gemm 0.19's and
+/// the fused kernels' (multiversion clones) choice, made at run time among what the
+/// build holds. A build without the `avx512` feature (`--no-default-features`) holds
+/// no AVX-512 code, so on an AVX-512 machine it runs what an AVX2 machine runs.
+pub fn training_isa() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx512 = std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+            && std::arch::is_x86_feature_detected!("avx512vl");
+        let avx2 = std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma");
+        match (cfg!(feature = "avx512"), avx512, avx2) {
+            (true, true, _) => "avx512 (gemm x86-v4; the fused kernels' AVX-512 clones)",
+            (false, true, _) => "avx2+fma (this CPU has AVX-512; the build leaves it out: no `avx512` feature)",
+            (_, _, true) => "avx2+fma",
+            _ => "x86-64 baseline (SSE2)",
+        }
+    }
+    #[cfg(target_arch = "aarch64")]
+    {
+        "neon (gemm's aarch64 kernels; LLVM's NEON for the fused kernels)"
+    }
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    {
+        "portable"
+    }
+}
+
 /// A tensor's values as a `Vec` with one `memcpy` (dfdx's `as_vec` walks the strides
 /// element by element, which was 10% of a training profile).
 ///
@@ -375,7 +405,11 @@ pub fn rmsnorm<T: Tape<f32, Cpu>>(x: Act<f32, Cpu, T>, g: &Param<f32, Cpu>) -> A
 // ---------------------------------------------------------------------------------------
 // quick_gelu
 
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl", "x86_64+avx2+fma"))]
+#[cfg_attr(
+    feature = "avx512",
+    multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl", "x86_64+avx2+fma"))
+)]
+#[cfg_attr(not(feature = "avx512"), multiversion(targets("x86_64+avx2+fma")))]
 fn quick_gelu_chunk(x: &[f32], y: &mut [f32]) {
     for (y, &x) in y.iter_mut().zip(x) {
         let s = 1.0 / (1.0 + fast_exp(-(QUICK_GELU) * x));
@@ -383,7 +417,11 @@ fn quick_gelu_chunk(x: &[f32], y: &mut [f32]) {
     }
 }
 
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl", "x86_64+avx2+fma"))]
+#[cfg_attr(
+    feature = "avx512",
+    multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl", "x86_64+avx2+fma"))
+)]
+#[cfg_attr(not(feature = "avx512"), multiversion(targets("x86_64+avx2+fma")))]
 fn quick_gelu_bwd_chunk(x: &[f32], dy: &[f32], dx: &mut [f32]) {
     let a = QUICK_GELU;
     for ((dx, &x), &d) in dx.iter_mut().zip(x).zip(dy) {
@@ -819,7 +857,11 @@ pub fn max8(x: &[f32]) -> f32 {
 }
 
 /// Softmax of `row[..valid]` in place, zeros after it.
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl", "x86_64+avx2+fma"))]
+#[cfg_attr(
+    feature = "avx512",
+    multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl", "x86_64+avx2+fma"))
+)]
+#[cfg_attr(not(feature = "avx512"), multiversion(targets("x86_64+avx2+fma")))]
 pub fn softmax_row(row: &mut [f32], valid: usize) {
     let max = max8(&row[..valid]);
     let inv = 1.0 / exp_shift_sum_inline(&mut row[..valid], max);
@@ -830,7 +872,11 @@ pub fn softmax_row(row: &mut [f32], valid: usize) {
 }
 
 /// Softmax backward of one row: `d = p ⊙ (d - Σ d·p) · scale` on `..valid`, zeros after.
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl", "x86_64+avx2+fma"))]
+#[cfg_attr(
+    feature = "avx512",
+    multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl", "x86_64+avx2+fma"))
+)]
+#[cfg_attr(not(feature = "avx512"), multiversion(targets("x86_64+avx2+fma")))]
 pub fn softmax_bwd_row(p: &[f32], d: &mut [f32], valid: usize, scale: f32) {
     let dot = dot8(&p[..valid], &d[..valid]);
     for (d, p) in d[..valid].iter_mut().zip(&p[..valid]) {
@@ -854,7 +900,11 @@ pub fn sum8_inline(x: &[f32]) -> f32 {
 }
 
 /// [`sum8_inline`] compiled for the best vector unit present.
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl", "x86_64+avx2+fma"))]
+#[cfg_attr(
+    feature = "avx512",
+    multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl", "x86_64+avx2+fma"))
+)]
+#[cfg_attr(not(feature = "avx512"), multiversion(targets("x86_64+avx2+fma")))]
 pub fn sum8(x: &[f32]) -> f32 {
     sum8_inline(x)
 }
@@ -869,7 +919,11 @@ fn exp_shift_sum_inline(row: &mut [f32], max: f32) -> f32 {
 
 /// `row[i] = exp(row[i] - max)` in place; returns the sum. Both loops vectorise, and
 /// run on the best vector unit present.
-#[multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl", "x86_64+avx2+fma"))]
+#[cfg_attr(
+    feature = "avx512",
+    multiversion(targets("x86_64+avx512f+avx512bw+avx512dq+avx512vl", "x86_64+avx2+fma"))
+)]
+#[cfg_attr(not(feature = "avx512"), multiversion(targets("x86_64+avx2+fma")))]
 pub fn exp_shift_sum(row: &mut [f32], max: f32) -> f32 {
     exp_shift_sum_inline(row, max)
 }
