@@ -38,7 +38,9 @@ pub fn training_isa() -> &'static str {
             && std::arch::is_x86_feature_detected!("fma");
         match (cfg!(feature = "avx512"), avx512, avx2) {
             (true, true, _) => "avx512 (gemm x86-v4; the fused kernels' AVX-512 clones)",
-            (false, true, _) => "avx2+fma (this CPU has AVX-512; the build leaves it out: no `avx512` feature)",
+            (false, true, _) => {
+                "avx2+fma (this CPU has AVX-512; the build leaves it out: no `avx512` feature)"
+            }
             (_, _, true) => "avx2+fma",
             _ => "x86-64 baseline (SSE2)",
         }
