@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The paper's Figure 3 at small scale (issue 16): four AR shapes and one BERT run, each
 # trained for the same number of tokens (STEPS x 32 images x 196 pixels), then probed
-# layer by layer on a fixed subset; `igpt plot-scaling` draws probe accuracy against
-# validation bits/dim and accuracy by layer of the deepest model.
+# layer by layer on a fixed subset (the first PROBE_TRAIN=10000 training and PROBE_TEST=5000
+# test images); `igpt scaling` writes the table and draws probe accuracy against
+# validation bits/dim and accuracy by relative depth (lane all does it at the end).
 #   bench/scaling.sh FM_DIR OUT_DIR [STEPS] [lane]
 # lane: all (default, one after another), a (8x256 AR) or b (the others), so two
-# single-thread lanes can share a 2-core machine. IGPT overrides the binary.
+# single-thread lanes can share a 2-core machine (then run `igpt scaling` by hand, as
+# in the README). IGPT overrides the binary. A run interrupted resumes from its checkpoint.
 set -euo pipefail
 fm=${1:?usage: bench/scaling.sh FM_DIR OUT_DIR [STEPS] [lane]}
 out=${2:?usage: bench/scaling.sh FM_DIR OUT_DIR [STEPS] [lane]}
@@ -41,4 +43,8 @@ if [ "$lane" = all ] || [ "$lane" = b ]; then
 fi
 if [ "$lane" = all ] || [ "$lane" = a ]; then
   run ar-8x256 ar 8 256 8
+fi
+if [ "$lane" = all ]; then
+  "$igpt" scaling --runs "$out"/ar-4x64 "$out"/ar-4x128 "$out"/ar-6x192 "$out"/ar-8x256 \
+    "$out"/bert-6x192 --out "$out/report"
 fi
