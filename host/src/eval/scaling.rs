@@ -5,7 +5,7 @@
 //! `bench/scaling.sh` makes the runs; `igpt scaling` reads them.
 
 use crate::io::checkpoint::Checkpoint;
-use crate::io::plot::{line_plot, Series, COLORS};
+use crate::io::plot::{line_plot_at, Legend, Series, COLORS};
 use crate::nn::Objective;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
@@ -246,12 +246,13 @@ pub fn plot(runs: &[Run], scatter: &Path, depth: &Path) -> Result<()> {
             markers: true,
         });
     }
-    line_plot(
+    line_plot_at(
         scatter,
         "Probe accuracy against validation bits/dim (equal training tokens)",
         "validation bits/dim",
         "best-layer probe test accuracy (%)",
         &series,
+        Legend::MiddleLeft,
     )?;
     let series: Vec<Series> = runs
         .iter()
@@ -267,12 +268,13 @@ pub fn plot(runs: &[Run], scatter: &Path, depth: &Path) -> Result<()> {
             markers: true,
         })
         .collect();
-    line_plot(
+    line_plot_at(
         depth,
         "Probe accuracy by relative depth (layer / L; L = the final norm)",
         "relative depth",
         "probe test accuracy (%)",
         &series,
+        Legend::LowerLeft,
     )
 }
 

@@ -78,13 +78,29 @@ fn tick(v: f64, span: f64) -> String {
     format!("{v:.decimals$}")
 }
 
-/// Writes a line plot as PNG (atomically). Non-finite points are skipped.
+/// Where a plot's legend goes.
+pub use plotters::chart::SeriesLabelPosition as Legend;
+
+/// Writes a line plot as PNG (atomically), the legend at the upper right. Non-finite
+/// points are skipped.
 pub fn line_plot(
     path: &Path,
     title: &str,
     xlabel: &str,
     ylabel: &str,
     series: &[Series],
+) -> Result<()> {
+    line_plot_at(path, title, xlabel, ylabel, series, Legend::UpperRight)
+}
+
+/// [`line_plot`] with the legend at `legend`.
+pub fn line_plot_at(
+    path: &Path,
+    title: &str,
+    xlabel: &str,
+    ylabel: &str,
+    series: &[Series],
+    legend: Legend,
 ) -> Result<()> {
     register_font()?;
     let mut px = vec![255u8; (W * H * 3) as usize];
@@ -141,7 +157,7 @@ pub fn line_plot(
                 .label_font((FAMILY, 14))
                 .background_style(WHITE.mix(0.85))
                 .border_style(RGBColor(180, 180, 180))
-                .position(SeriesLabelPosition::UpperRight)
+                .position(legend)
                 .draw()
                 .map_err(|e| err(&e))?;
         }
