@@ -9,13 +9,11 @@ use crate::io::plot::{line_plot_at, Legend, Series, COLORS};
 use crate::nn::Objective;
 use anyhow::{anyhow, bail, Context, Result};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// One pretrained run, as measured.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Run {
-    /// The run's folder.
-    pub dir: PathBuf,
     /// AR or BERT.
     pub objective: Objective,
     /// Blocks, width.
@@ -36,10 +34,8 @@ pub struct Run {
     pub best_layer: usize,
     /// Test accuracy of the best layer by validation.
     pub best_test: f64,
-    /// Per layer `0..=L`: (layer, test accuracy, validation accuracy).
-    pub by_layer: Vec<(usize, f64, f64)>,
-    /// Probe's training and test image counts.
-    pub probe_images: (usize, usize),
+    /// Per layer `0..=L`: (layer, test accuracy).
+    pub by_layer: Vec<(usize, f64)>,
 }
 
 impl Run {
@@ -107,11 +103,12 @@ fn number(j: &Value, key: &str, path: &Path) -> Result<f64> {
         .ok_or_else(|| anyhow!("{}: field {key:?} is not a number", path.display()))
 }
 
-fn layer_index(j: &Value, path: &Path) -> Result<usize> {
-    field(j, "layer", path)?
+/// A layer number, which probe.json writes as a string ("4"; "2+3+4" for a concatenation).
+fn layer_number(j: &Value, key: &str, path: &Path) -> Result<usize> {
+    field(j, key, path)?
         .as_str()
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("{}: a layer entry without a layer number", path.display()))
+        .ok_or_else(|| anyhow!("{}: field {key:?} is not a layer number", path.display()))
 }
 
 /// Reads one run folder: `checkpoint.safetensors` (shape, arguments), `log.csv`
@@ -138,9 +135,8 @@ pub fn load_run(dir: &Path) -> Result<Run> {
         .ok_or_else(|| anyhow!("{}: \"layers\" is not a list", probe_path.display()))?
     {
         by_layer.push((
-            layer_index(l, &probe_path)?,
+            layer_number(l, "layer", &probe_path)?,
             number(l, "test_accuracy", &probe_path)?,
-            number(l, "val_accuracy", &probe_path)?,
         ));
     }
     by_layer.sort_by_key(|r| r.0);
@@ -152,14 +148,9 @@ pub fn load_run(dir: &Path) -> Result<Run> {
             ck.config.layers + 1
         );
     }
-    let best_layer: usize = field(&j, "best_layer", &probe_path)?
-        .as_str()
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("{}: the best layer is not a layer", probe_path.display()))?;
+    let best_layer = layer_number(&j, "best_layer", &probe_path)?;
     let best_test = number(&j, "best_test_accuracy", &probe_path)?;
-    let images = |k: &str| number(&j, k, &probe_path).map(|v| v as usize);
     Ok(Run {
-        dir: dir.to_path_buf(),
         objective: args.objective,
         layers: ck.config.layers,
         width: ck.config.width,
@@ -171,7 +162,6 @@ pub fn load_run(dir: &Path) -> Result<Run> {
         best_layer,
         best_test,
         by_layer,
-        probe_images: (images("train_images")?, images("test_images")?),
     })
 }
 
