@@ -10,7 +10,8 @@ pub struct ExportArgs {
     /// Checkpoint (with its palette).
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// Probe head written by `igpt probe` (probe-head.json).
+    /// Probe head written by `igpt probe` (probe-head.json). Without it, a fine-tuned
+    /// checkpoint's class head is exported (on the final norm, as fine-tuning trained it).
     #[arg(long)]
     pub probe: Option<PathBuf>,
     /// Keep only the blocks the probe needs (no next-token head): a smaller file.
@@ -75,9 +76,10 @@ pub fn export_cmd(a: ExportArgs) -> Result<()> {
         [&a.checkpoint].into_iter().chain(a.probe.as_ref()),
     )?;
     let ck = Checkpoint::load(&a.checkpoint)?;
+    // A probe head given on the command line, else a fine-tuned checkpoint's class head.
     let head = match &a.probe {
         Some(p) => Some(igpt::int8::export::ProbeHead::load(p, ck.config.width)?),
-        None => None,
+        None => igpt::int8::export::class_head(&ck),
     };
     let (bytes, r) = igpt::int8::export::export(&ck, head.as_ref(), a.upto_probe_layer)
         .with_context(|| a.checkpoint.display().to_string())?;

@@ -4,7 +4,9 @@ use super::args::{set_threads, ModelArgs};
 use anyhow::{ensure, Result};
 use igpt::data::palette;
 use igpt::io::checkpoint::Checkpoint;
-use igpt::io::meta::{AdamConfig, FinetuneArgs as FinetuneRun, PretrainArgs as PretrainRun};
+use igpt::io::meta::{
+    AdamConfig, FinetuneArgs as FinetuneRun, PretrainArgs as PretrainRun, Schedule,
+};
 use igpt::io::probe_head::ProbeHead;
 use igpt::nn::device::DeviceKind;
 use igpt::nn::Objective;
@@ -98,6 +100,14 @@ pub struct FinetuneArgs {
     /// Warmup steps (default: 5% of --steps).
     #[arg(long)]
     pub warmup: Option<u64>,
+    /// After the warmup: cosine decay to 0 at --steps, or constant (the paper's
+    /// fine-tuning: no decay, early stopping at the best validation accuracy).
+    #[arg(long, value_enum, default_value = "cosine")]
+    pub schedule: Schedule,
+    /// Augment the training images: a random shift of up to one pixel (the uncovered
+    /// edge takes the background colour) and a random horizontal flip, before tokenizing.
+    #[arg(long)]
+    pub augment: bool,
     /// The class head's learning rate as a multiple of --lr (the head starts at zero).
     #[arg(long, default_value_t = 1.0)]
     pub head_lr_scale: f64,
@@ -315,6 +325,8 @@ fn finetune_rank(a: FinetuneArgs, comm: &dyn Collective) -> Result<()> {
         batch: a.batch,
         lr: a.lr,
         warmup: a.warmup.unwrap_or((a.steps / 20).max(1)),
+        schedule: a.schedule,
+        augment: a.augment,
         head_lr_scale: a.head_lr_scale,
         gen_weight: a.gen_weight,
         adam: AdamConfig {

@@ -312,7 +312,7 @@ pub fn run_spec(spec: &ProbeSpec, show_progress: bool) -> Result<ProbeOutcome> {
 
 fn note(what: &str, r: &LayerResult) -> String {
     format!(
-        "{what}: test accuracy {:.2}% (L2 {:e} by {}: validation loss {:.4}, accuracy {:.2}%{}; {} L-BFGS iterations, |grad| {:.1e})",
+        "{what}: test accuracy {:.2}% (L2 {:.2e} by {}: validation loss {:.4}, accuracy {:.2}%{}; {} L-BFGS iterations, |grad| {:.1e})",
         100.0 * r.test_accuracy,
         r.l2,
         r.selection.validation.describe(),

@@ -98,6 +98,9 @@ pub struct Checkpoint {
     pub pretrain: Option<PretrainArgs>,
     /// The fine-tuning run's arguments, for a fine-tuned model.
     pub finetune: Option<FinetuneArgs>,
+    /// The class head's class names, in the order of `score.weight`'s rows (fine-tuned
+    /// models; older files have none).
+    pub classes: Option<Vec<String>>,
     /// Training state: of the pretraining run, or of the fine-tuning run when
     /// `finetune` is set.
     pub state: Option<TrainState>,
@@ -126,6 +129,7 @@ impl Checkpoint {
             }),
             pretrain: None,
             finetune: None,
+            classes: None,
             state: None,
         }
     }
@@ -228,6 +232,9 @@ impl Checkpoint {
         }
         if let Some(a) = &self.finetune {
             put("finetune_args", serde_json::to_string(a)?);
+        }
+        if let Some(c) = &self.classes {
+            put("classes", serde_json::to_string(c)?);
         }
         if let Some(t) = &self.state {
             put("step", t.step.to_string());
@@ -381,6 +388,17 @@ impl Checkpoint {
         let finetune: Option<FinetuneArgs> = json("finetune_args")?
             .map(|v| serde_json::from_value(v).map_err(|e| anyhow!("finetune_args: {e}")))
             .transpose()?;
+        let class_names: Option<Vec<String>> = json("classes")?
+            .map(|v| serde_json::from_value(v).map_err(|e| anyhow!("classes: {e}")))
+            .transpose()?;
+        if let Some(names) = &class_names {
+            ensure!(
+                Some(names.len()) == classes,
+                "{} class names for a class head of {} classes",
+                names.len(),
+                classes.unwrap_or(0)
+            );
+        }
         let state = match meta.get("step") {
             None => None,
             Some(step) => {
@@ -424,6 +442,7 @@ impl Checkpoint {
             params,
             pretrain,
             finetune,
+            classes: class_names,
             state,
         };
         let mut crc = Crc::default();

@@ -159,6 +159,7 @@ pub fn import(config: Config, weights: &[u8]) -> Result<Checkpoint> {
         params,
         pretrain: None,
         finetune: None,
+        classes: None,
         state: None,
     })
 }

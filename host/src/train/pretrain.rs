@@ -308,6 +308,7 @@ pub fn pretrain_parallel<D: ModelDevice>(
         steps: cfg.steps,
         lr: cfg.lr,
         warmup: cfg.warmup,
+        schedule: super::Schedule::Cosine,
         eval_every: cfg.eval_every,
         patience: None,
         stop_after,

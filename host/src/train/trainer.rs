@@ -24,7 +24,7 @@
 
 use super::adamw::AdamW;
 use super::distributed::{model_fingerprint, Collective, DataParallel, Fingerprint, Shard};
-use super::schedule::lr_at;
+use super::schedule::{lr_with, Schedule};
 use crate::io::checkpoint::{Checkpoint, LoopProgress, RngState, TrainState};
 use crate::io::plot::{self, Series};
 use crate::nn::device::ModelDevice;
@@ -94,8 +94,10 @@ pub struct Settings {
     pub steps: u64,
     /// Peak learning rate.
     pub lr: f64,
-    /// Linear warmup steps (then cosine decay to 0 at `steps`).
+    /// Linear warmup steps.
     pub warmup: u64,
+    /// After the warmup: cosine decay to 0 at `steps`, or constant.
+    pub schedule: Schedule,
     /// Evaluate, log and checkpoint every N steps (and at the last step).
     pub eval_every: u64,
     /// Stop after this many evaluations without a better score (`None`: never early).
@@ -306,7 +308,13 @@ pub fn run_parallel<D: ModelDevice, T: Task<D>>(
     while step < end && !stopped_early {
         let t_step = Instant::now();
         let (reduce0, stage0) = (dp.reduce_s, dp.stage_s);
-        let lr = lr_at(step, settings.lr, settings.warmup, settings.steps);
+        let lr = lr_with(
+            settings.schedule,
+            step,
+            settings.lr,
+            settings.warmup,
+            settings.steps,
+        );
         let (loss, metrics) = task.loss(&gpt, &mut rng, shard)?;
         ensure!(
             metrics.len() == n_train,
