@@ -264,12 +264,14 @@ impl<D: ModelDevice> Task<D> for Finetune<'_> {
                     ("train_gen_bpd", "L_gen (bits/dim)"),
                     ("train_clf_nats", "L_clf (nats)"),
                 ],
+                scale: 1.0,
             },
             Curve {
                 file: "accuracy.png",
                 title: "Fine-tuning validation accuracy",
-                y_label: "accuracy",
+                y_label: "accuracy (%)",
                 columns: vec![("val_accuracy", "validation")],
+                scale: 100.0,
             },
         ]
     }

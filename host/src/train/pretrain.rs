@@ -118,6 +118,7 @@ impl<D: ModelDevice> Task<D> for Pretrain<'_> {
             title: "iGPT pretraining loss",
             y_label: "bits/dim",
             columns: vec![("train_bpd", "train"), ("val_bpd", "validation")],
+            scale: 1.0,
         }]
     }
     fn describe(&self, row: &LogRow) -> String {

@@ -85,6 +85,8 @@ pub struct Curve {
     /// `(column, legend label)` pairs; training columns are drawn as lines, evaluation
     /// columns with markers.
     pub columns: Vec<(&'static str, &'static str)>,
+    /// Multiplies the logged values (100: accuracies logged as fractions drawn as %).
+    pub scale: f64,
 }
 
 /// The loop's settings.
@@ -540,7 +542,10 @@ fn write_log<D: ModelDevice, T: Task<D>>(
                     f64::NAN
                 }
             };
-            let points: Vec<(f64, f64)> = rows.iter().map(|r| (r.step as f64, pick(r))).collect();
+            let points: Vec<(f64, f64)> = rows
+                .iter()
+                .map(|r| (r.step as f64, curve.scale * pick(r)))
+                .collect();
             if points.iter().any(|p| p.1.is_finite()) {
                 series.push(Series {
                     label: label.to_string(),
