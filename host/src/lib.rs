@@ -1,5 +1,21 @@
-//! `igpt`: the host side of iGPT in Rust, in the order of the pipeline.
+//! `igpt`: the host side of iGPT in Rust.
 //!
+//! Two types cover the common uses ([`api`]): [`Classifier`] runs an int8 model file on
+//! images, [`Pretrained`] opens an f32 checkpoint for features and samples.
+//!
+//! ```
+//! # fn main() -> anyhow::Result<()> {
+//! # let model = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/fm-ar-6x192.igpt");
+//! # let image = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/photos/chelsea.png");
+//! let class = igpt::Classifier::open(model)?.classify_path(image)?;
+//! println!("{} (p = {:.2})", class.label, class.probability());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The modules, in the order of the pipeline:
+//!
+//! - [`api`]: [`Classifier`] and [`Pretrained`].
 //! - [`data`]: dataset loaders (CIFAR-10, IDX, image folders), area resize, k-means
 //!   palettes ([`data::palette`]) and the one tokenization path ([`data::tokenize`]:
 //!   an image file or a split to palette tokens, and the model's input ids).
@@ -7,8 +23,8 @@
 //!   the forward pass with its reference twins, the fused CPU kernels, the KV-cached
 //!   forward, the device choice. Imports nothing from the rest of the crate.
 //! - [`io`]: files: atomic writes and the output-path guard, checkpoints
-//!   ([`io::checkpoint`]), typed run metadata ([`io::meta`]), probe heads, HF import,
-//!   PNG plots.
+//!   ([`io::checkpoint`]), typed run metadata ([`io::meta`]), probe heads, HF import
+//!   and export ([`io::hf`], [`io::hf_export`]), PNG plots.
 //! - [`train`]: batches and losses, AdamW, the schedule, the one training loop
 //!   ([`train::trainer`]) and its tasks, pretraining and fine-tuning.
 //! - [`eval`]: linear probes, sampling and completion, the parity check.
@@ -20,6 +36,7 @@
 //! The `igpt` binary (`src/main.rs` and `src/cli/`) parses arguments, calls into these
 //! modules and prints results.
 
+pub mod api;
 pub mod data;
 pub mod demo;
 pub mod eval;
@@ -28,3 +45,5 @@ pub mod io;
 pub mod nn;
 pub mod progress;
 pub mod train;
+
+pub use api::{Classification, Classifier, Pretrained};

@@ -29,6 +29,8 @@ enum Cmd {
     Data(cli::data::DataArgs),
     /// Convert a HuggingFace ImageGPT checkpoint (config.json + model.safetensors).
     ImportHf(cli::train::ImportHfArgs),
+    /// Write a checkpoint as a HuggingFace ImageGPT folder that transformers loads.
+    ExportHf(cli::hf::ExportHfArgs),
     /// Generative pretraining (AR next-pixel or BERT masked-pixel) with checkpoints.
     Pretrain(cli::train::PretrainArgs),
     /// Linear probes on every layer's average-pooled features (or on raw pixels).
@@ -134,6 +136,7 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Info(a) => cli::data::info(a),
         Cmd::Data(a) => cli::data::data_cmd(a),
         Cmd::ImportHf(a) => cli::train::import_hf_cmd(a),
+        Cmd::ExportHf(a) => cli::hf::export_hf_cmd(a),
         Cmd::Pretrain(a) => cli::train::pretrain_cmd(a),
         Cmd::Probe(a) => cli::eval::probe_cmd(a),
         Cmd::Scaling(a) => cli::eval::scaling_cmd(a),

@@ -7,6 +7,7 @@ pub mod bench;
 pub mod data;
 pub mod demo;
 pub mod eval;
+pub mod hf;
 pub mod int8;
 pub mod palette;
 pub mod train;

@@ -191,13 +191,18 @@ pub struct StripArgs {
 
 #[derive(clap::Args)]
 pub struct ImportHfArgs {
+    /// An HF model folder: reads DIR/config.json, DIR/model.safetensors and, when
+    /// present, the clusters of DIR/preprocessor_config.json.
+    #[arg(long, conflicts_with_all = ["config", "weights"])]
+    pub dir: Option<PathBuf>,
     /// The HF config.json.
-    #[arg(long)]
-    pub config: PathBuf,
-    /// The HF model.safetensors.
-    #[arg(long)]
-    pub weights: PathBuf,
-    /// Attach this palette file (its size must equal vocab_size - 1).
+    #[arg(long, required_unless_present = "dir")]
+    pub config: Option<PathBuf>,
+    /// The HF model.safetensors (F32, F16 or BF16).
+    #[arg(long, required_unless_present = "dir")]
+    pub weights: Option<PathBuf>,
+    /// Attach this palette: a palette file, or HF's preprocessor_config.json (its
+    /// clusters); its size must equal vocab_size - 1.
     #[arg(long)]
     pub palette: Option<PathBuf>,
     /// Output checkpoint.
@@ -363,15 +368,18 @@ fn finetune_rank(a: FinetuneArgs, comm: &dyn Collective) -> Result<()> {
 }
 
 pub fn import_hf_cmd(a: ImportHfArgs) -> Result<()> {
+    let (config, weights, palette) = import_hf_inputs(&a);
     igpt::io::guard::ensure_distinct(
         [&a.out],
-        [&a.config, &a.weights]
-            .into_iter()
-            .chain(a.palette.as_ref()),
+        [&config, &weights].into_iter().chain(palette.as_ref()),
     )?;
-    let mut ck = igpt::io::hf::import_files(&a.config, &a.weights)?;
-    if let Some(p) = &a.palette {
-        let pal = palette::load(p)?;
+    let mut ck = igpt::io::hf::import_files(&config, &weights)?;
+    if let Some(p) = &palette {
+        let pal = if p.extension().is_some_and(|e| e == "json") {
+            igpt::io::hf::palette_file(p)?
+        } else {
+            palette::load(p)?
+        };
         ensure!(
             pal.len() == ck.config.vocab,
             "{}: {} colours, the model has {}",
@@ -398,6 +406,27 @@ pub fn import_hf_cmd(a: ImportHfArgs) -> Result<()> {
         ))
     );
     Ok(())
+}
+
+/// `import-hf`'s config, weights and palette paths: the flags, or `--dir`'s files (its
+/// preprocessor_config.json when present and no `--palette` is given).
+fn import_hf_inputs(a: &ImportHfArgs) -> (PathBuf, PathBuf, Option<PathBuf>) {
+    match &a.dir {
+        Some(dir) => {
+            let pre = dir.join("preprocessor_config.json");
+            let palette = a.palette.clone().or_else(|| pre.is_file().then_some(pre));
+            (
+                dir.join("config.json"),
+                dir.join("model.safetensors"),
+                palette,
+            )
+        }
+        None => (
+            a.config.clone().unwrap_or_default(),
+            a.weights.clone().unwrap_or_default(),
+            a.palette.clone(),
+        ),
+    }
 }
 
 pub fn strip_cmd(a: StripArgs) -> Result<()> {

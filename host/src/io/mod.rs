@@ -1,6 +1,6 @@
 //! Files: checkpoints ([`checkpoint`]), the typed run metadata inside them ([`meta`]),
-//! probe heads ([`probe_head`]), HuggingFace import ([`hf`]), plots ([`plot`]) and PNGs,
-//! and the output-path guard ([`guard`]).
+//! probe heads ([`probe_head`]), HuggingFace import ([`hf`]) and export ([`hf_export`]),
+//! plots ([`plot`]) and PNGs, and the output-path guard ([`guard`]).
 //!
 //! Every file the host writes goes through [`write_atomic`] (a temporary file in the same
 //! folder, then a rename), so an interrupted run never leaves a half-written checkpoint,
@@ -9,6 +9,7 @@
 pub mod checkpoint;
 pub mod guard;
 pub mod hf;
+pub mod hf_export;
 pub mod meta;
 pub mod plot;
 pub mod probe_head;
