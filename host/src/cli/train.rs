@@ -373,6 +373,7 @@ pub fn import_hf_cmd(a: ImportHfArgs) -> Result<()> {
         [&a.out],
         [&config, &weights].into_iter().chain(palette.as_ref()),
     )?;
+    igpt::io::check_output(&a.out)?;
     let mut ck = igpt::io::hf::import_files(&config, &weights)?;
     if let Some(p) = &palette {
         let pal = if p.extension().is_some_and(|e| e == "json") {
@@ -431,6 +432,7 @@ fn import_hf_inputs(a: &ImportHfArgs) -> (PathBuf, PathBuf, Option<PathBuf>) {
 
 pub fn strip_cmd(a: StripArgs) -> Result<()> {
     igpt::io::guard::ensure_distinct([&a.out], [&a.checkpoint])?;
+    igpt::io::check_output(&a.out)?;
     let mut ck = Checkpoint::load(&a.checkpoint)?;
     let step = ck.state.take().map(|s| s.step);
     ck.save(&a.out)?;
@@ -451,14 +453,49 @@ pub fn init_cmd(a: InitArgs) -> Result<()> {
         [&a.out].into_iter().chain(a.probe_head.as_ref()),
         [&a.palette],
     )?;
+    for out in [&a.out].into_iter().chain(a.probe_head.as_ref()) {
+        igpt::io::check_output(out)?;
+    }
     let pal = palette::load(&a.palette)?;
+    if let Some(v) = a.model.vocab {
+        ensure!(
+            v == pal.len(),
+            "--vocab {v} but {} has {} colours",
+            a.palette.display(),
+            pal.len()
+        );
+    }
     let mut model = a.model.clone();
     model.vocab = Some(pal.len());
     let c = super::args::allocatable(model.config(Preset::Fw)?)?;
+    let layer = a.probe_layer.unwrap_or(c.layers / 2);
+    if a.probe_head.is_some() {
+        ensure!(
+            layer <= c.layers,
+            "--probe-layer {layer}: the model has 0..={}",
+            c.layers
+        );
+        ensure!(
+            (1..=igpt_core::format::MAX_CLASSES).contains(&a.classes),
+            "--classes {}: must be in 1..={}",
+            a.classes,
+            igpt_core::format::MAX_CLASSES
+        );
+    } else {
+        ensure!(a.probe_layer.is_none(), "--probe-layer needs --probe-head");
+    }
     let dev = dfdx::prelude::Cpu::default();
     let gpt: igpt::nn::Gpt<f32, _> = igpt::nn::Gpt::init(&dev, c, None, a.seed);
     let ck = Checkpoint::from_model(&gpt, Some(pal));
-    ck.save(&a.out)?;
+    let head = a
+        .probe_head
+        .as_ref()
+        .map(|p| (p, ProbeHead::seeded(c.width, layer, a.classes, a.seed)));
+    // Both files or neither.
+    igpt::io::write_together(|| {
+        ck.save(&a.out)?;
+        head.as_ref().map_or(Ok(()), |(p, h)| h.save(p))
+    })?;
     println!(
         "{}: seeded {} layers, width {}, {} heads, {}x{}, k {} ({} parameters)",
         a.out.display(),
@@ -470,18 +507,7 @@ pub fn init_cmd(a: InitArgs) -> Result<()> {
         c.vocab,
         c.param_count()
     );
-    if let Some(path) = &a.probe_head {
-        let layer = a.probe_layer.unwrap_or(c.layers / 2);
-        ensure!(
-            layer <= c.layers,
-            "--probe-layer {layer}: the model has 0..={}",
-            c.layers
-        );
-        ensure!(
-            (1..=256).contains(&a.classes),
-            "--classes must be in 1..=256"
-        );
-        ProbeHead::seeded(c.width, layer, a.classes, a.seed).save(path)?;
+    if let Some((path, _)) = &head {
         println!(
             "{}: seeded probe head on layer {layer}, {} classes",
             path.display(),

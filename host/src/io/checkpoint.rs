@@ -106,6 +106,10 @@ pub struct Checkpoint {
     pub state: Option<TrainState>,
 }
 
+/// The largest weight magnitude a checkpoint may hold: far above any trained model's
+/// (well under 100), far below what overflows f32 activations through a few layers.
+pub const MAX_ABS_WEIGHT: f32 = 1e6;
+
 impl Checkpoint {
     /// The weights of a model (no run metadata, no training state).
     pub fn from_model<E: Float, D: Device<E>>(
@@ -142,8 +146,9 @@ impl Checkpoint {
         Gpt::from_values(dev, self.config, &values).map_err(|e| anyhow!("checkpoint: {e}"))
     }
 
-    /// A valid checksum proves integrity, not sanity: the math needs finite weights and
-    /// moments, and non-negative second moments.
+    /// A valid checksum proves integrity, not sanity: the math needs finite weights of a
+    /// sane size (at most [`MAX_ABS_WEIGHT`]), finite moments, and non-negative second
+    /// moments.
     pub fn check_finite(&self) -> Result<()> {
         let bad = |p: &GptParams<Mat>, ok: fn(f32) -> bool| {
             p.iter()
@@ -152,6 +157,11 @@ impl Checkpoint {
         };
         if let Some(n) = bad(&self.params, f32::is_finite) {
             bail!("{n} holds NaN or infinite values");
+        }
+        if let Some(n) = bad(&self.params, |x| x.abs() <= MAX_ABS_WEIGHT) {
+            bail!(
+                "{n} holds weights beyond ±{MAX_ABS_WEIGHT:e}, too large for the forward pass to stay finite"
+            );
         }
         if let Some(t) = &self.state {
             if let Some(n) = bad(&t.m, f32::is_finite) {
@@ -369,9 +379,10 @@ impl Checkpoint {
             let (rows, cols) = name.shape(&config, classes.unwrap_or(0));
             let full = format!("{prefix}{name}");
             let (shape, data) = f32_tensor(&st, &full)?;
-            let n: usize = shape.iter().product();
+            // Exactly the expected shape: [rows, cols], or [cols] for a vector (the same
+            // element count in another arrangement, e.g. a transposed head, is refused).
             ensure!(
-                n == rows * cols && shape.len() <= 2 && (shape.len() == 2 || rows == 1),
+                shape == [rows, cols] || (rows == 1 && shape == [cols]),
                 "{full} has shape {shape:?}, expected [{rows}, {cols}]"
             );
             Ok(Mat { rows, cols, data })

@@ -355,6 +355,7 @@ pub fn finetune_parallel<D: ModelDevice>(
         state: state_path(out),
         best: Some(checkpoint_path(out)),
     };
+    let _lock = trainer::claim_folder(out, comm)?;
     let saved = if resume {
         let ck = Checkpoint::load(&files.state)?;
         let args = ck.finetune.as_ref().with_context(|| {
@@ -385,6 +386,7 @@ pub fn finetune_parallel<D: ModelDevice>(
     let objective = source.objective();
     let causal = objective == Objective::Ar;
     let side = source.config.side;
+    crate::data::ensure_two_splits(&cfg.data, "the test accuracy")?;
     let train = tokenize::split(&cfg.data, Split::Train, &palette, side, cfg.train_images)?;
     let test = tokenize::split(&cfg.data, Split::Test, &palette, side, cfg.test_images)?;
     ensure!(
@@ -452,6 +454,7 @@ pub fn finetune_parallel<D: ModelDevice>(
         stop_after,
         fused: true,
     };
+    trainer::check_data(&files, &cfg.data, resume, comm)?;
     let outcome = trainer::run_parallel(&mut task, start, &settings, &files, show, dp)?;
     // Measure the kept (best) checkpoint on the test split (every rank reads it: rank 0
     // wrote it before the loop's final barrier).
