@@ -648,9 +648,6 @@ pub fn read_image(path: &Path) -> Result<Image> {
             path.display()
         );
     }
-    if reader.format() == Some(image::ImageFormat::Jpeg) {
-        check_jpeg_scan(path, &bytes)?;
-    }
     reader.limits(limits);
     let mut decoder = reader.into_decoder().with_context(what)?;
     let (w, h) = image::ImageDecoder::dimensions(&decoder);
@@ -678,39 +675,6 @@ pub fn read_image(path: &Path) -> Result<Image> {
         height: rgb.height() as usize,
         rgb: rgb.into_raw(),
     })
-}
-
-/// Refuses a JPEG whose entropy-coded scan data stops early (the decoder would fill the
-/// rest with grey): decoded once more by zune-jpeg in strict mode, which fails on a
-/// premature end of the scan, an unexpected marker inside it, or stray bytes.
-fn check_jpeg_scan(path: &Path, bytes: &[u8]) -> Result<()> {
-    use zune_jpeg::zune_core::bytestream::ZCursor;
-    use zune_jpeg::zune_core::options::DecoderOptions;
-    let side = MAX_IMAGE_SIDE as usize;
-    let opts = DecoderOptions::default()
-        .set_strict_mode(true)
-        .set_max_width(side)
-        .set_max_height(side);
-    let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), opts);
-    dec.decode_headers()
-        .map_err(|e| anyhow::anyhow!("{}: not a readable JPEG: {e}", path.display()))?;
-    if let Some(info) = dec.info() {
-        let need = info.width as u64 * info.height as u64 * 4;
-        ensure!(
-            need <= (1u64 << 30).min(crate::io::available_memory() / 2),
-            "{}: a {}x{} JPEG is too large to decode here",
-            path.display(),
-            info.width,
-            info.height
-        );
-    }
-    dec.decode().map_err(|e| {
-        anyhow::anyhow!(
-            "{}: the JPEG scan data is damaged or cut short ({e})",
-            path.display()
-        )
-    })?;
-    Ok(())
 }
 
 /// Loads a folder of class subfolders (sorted by name; hidden files skipped). Without
