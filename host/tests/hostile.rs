@@ -1409,6 +1409,27 @@ fn npy_f32(k: usize, values: &[f32]) -> Vec<u8> {
     out
 }
 
+/// A JPEG of noise, whole (`None`) or with its scan data cut after `keep` bytes and its
+/// end marker appended.
+fn noise_jpeg(keep: Option<usize>) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(64, 64, |x, y| {
+        image::Rgb([
+            (x * 37 % 251) as u8,
+            (y * 91 % 241) as u8,
+            ((x ^ y) * 13) as u8,
+        ])
+    });
+    let mut buf = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut buf, image::ImageFormat::Jpeg).unwrap();
+    let b = buf.into_inner();
+    let Some(keep) = keep else { return b };
+    let sos = b.windows(2).position(|w| w == [0xff, 0xda]).unwrap();
+    let len = u16::from_be_bytes([b[sos + 2], b[sos + 3]]) as usize;
+    let mut out = b[..sos + 2 + len + keep].to_vec();
+    out.extend_from_slice(&[0xff, 0xd9]);
+    out
+}
+
 #[test]
 fn issue28_nothing_lost_nothing_silently_wrong() {
     use igpt::io::checkpoint::Checkpoint;
@@ -1660,6 +1681,9 @@ fn issue28_nothing_lost_nothing_silently_wrong() {
         ("h0.gif".into(), gif_of(4, 0)),
         ("w0.png".into(), png_of(0, 4, 8, 2)),
     ];
+    for keep_bytes in [0usize, 10, 20] {
+        zero_images.push((format!("cut{keep_bytes}.jpg"), noise_jpeg(Some(keep_bytes))));
+    }
     for (name, bytes) in &zero_images {
         let f = zero.join(name);
         std::fs::write(&f, bytes).unwrap();
@@ -1712,8 +1736,10 @@ fn issue28_nothing_lost_nothing_silently_wrong() {
     }
     {
         let (model, jpg) = (model.clone(), s(&i.jpg));
-        cases.push(case("a whole JPEG still classifies", move || {
-            works(&["classify", "--model", &model, &jpg]);
+        let noise = t.join("noise.jpg");
+        std::fs::write(&noise, noise_jpeg(None)).unwrap();
+        cases.push(case("whole JPEGs still classify", move || {
+            works(&["classify", "--model", &model, &jpg, &s(&noise)]);
         }));
     }
     // IDX files with a zero image dimension.

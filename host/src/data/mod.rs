@@ -6,6 +6,7 @@
 //! magic number, a file that is not an image, mixed image sizes where one is required.
 
 pub mod fingerprint;
+pub mod jpeg_scan;
 pub mod palette;
 pub mod tokenize;
 
@@ -631,6 +632,9 @@ pub fn read_image(path: &Path) -> Result<Image> {
             "{}: the JPEG data ends before its end-of-image marker (the file is cut short)",
             path.display()
         );
+    }
+    if reader.format() == Some(image::ImageFormat::Jpeg) {
+        jpeg_scan::check_scan_length(path, &bytes)?;
     }
     // Likewise a PNG must end with its IEND chunk and a GIF with its trailer byte.
     const IEND: [u8; 12] = [0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xae, 0x42, 0x60, 0x82];
