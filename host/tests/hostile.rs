@@ -1374,7 +1374,7 @@ fn rewrite_header(bytes: &[u8], edit: impl Fn(&mut serde_json::Value)) -> Vec<u8
     let mut h: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
     edit(&mut h);
     let mut text = serde_json::to_vec(&h).unwrap();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(b' ');
     }
     let mut out = (text.len() as u64).to_le_bytes().to_vec();
@@ -1556,7 +1556,7 @@ fn issue28_nothing_lost_nothing_silently_wrong() {
                     &swatch,
                 ],
                 &[needle],
-                &[keep_pal.clone()],
+                std::slice::from_ref(&keep_pal),
             )
         }));
     }
@@ -1611,7 +1611,7 @@ fn issue28_nothing_lost_nothing_silently_wrong() {
                     &s(&keep_pal),
                 ],
                 &["c255.npy", "[-1, 1]"],
-                &[keep_pal.clone()],
+                std::slice::from_ref(&keep_pal),
             )
         }));
     }
@@ -1913,7 +1913,8 @@ fn issue28_nothing_lost_nothing_silently_wrong() {
     // 5. Finite but absurd numbers in files.
     let good_head: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&i.head).unwrap()).unwrap();
-    let head_variants: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    type HeadEdit = Box<dyn Fn(&mut serde_json::Value)>;
+    let head_variants: Vec<(&str, HeadEdit)> = vec![
         (
             "std 1e-45",
             Box::new(|h| h["std"][0] = serde_json::json!(1e-45)),
@@ -1976,7 +1977,7 @@ fn issue28_nothing_lost_nothing_silently_wrong() {
                         &s(&out),
                     ],
                     &[&s(&f)],
-                    &[out.clone()],
+                    std::slice::from_ref(&out),
                 );
             },
         ));
@@ -2191,7 +2192,7 @@ fn issue28_nothing_lost_nothing_silently_wrong() {
                         &s(&out),
                     ],
                     &[&s(&f), needle],
-                    &[out.clone()],
+                    std::slice::from_ref(&out),
                 );
             }));
         }
@@ -2253,7 +2254,7 @@ fn issue28_nothing_lost_nothing_silently_wrong() {
             refused_keeping(
                 &a,
                 &["checkpoint.safetensors", "step 100000", "--steps 6"],
-                &[past_state.clone()],
+                std::slice::from_ref(&past_state),
             );
         }));
         let changed = pretrain("6", &["--resume"]);
@@ -2271,7 +2272,7 @@ fn issue28_nothing_lost_nothing_silently_wrong() {
                 refused_keeping(
                     &a,
                     &["t10k-images-idx3-ubyte.gz", "changed"],
-                    &[state2.clone()],
+                    std::slice::from_ref(&state2),
                 )
             });
             std::fs::write(&f, &orig).unwrap();
