@@ -1266,3 +1266,1533 @@ fn random_hostile_arguments_and_files() {
     );
     println!("random hostile cases: {n_cases} commands ({} runs of igpt with the inputs' setup), no panic, abort or hang; every failure one error line naming a flag or file; inputs unchanged", CASES.with(|c| c.get()));
 }
+
+// ---------------------------------------------------------------------------------------
+// Issue 28: nothing lost, nothing silently wrong. Table-driven: every case runs, a failure
+// names its case, and the count of cases and passes is printed.
+
+/// A named case of a table.
+type Case<'a> = (String, Box<dyn Fn() + 'a>);
+
+/// Runs every case (a panic fails that case only), prints the counts, then fails the test
+/// naming every failed case.
+fn run_table(table: &str, cases: Vec<Case<'_>>) {
+    let n = cases.len();
+    let mut failed = Vec::new();
+    for (name, f) in cases {
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(&f)).is_err() {
+            failed.push(name);
+        }
+    }
+    println!(
+        "{table}: {n} cases, {} passed{}",
+        n - failed.len(),
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!("; failed: {failed:?}")
+        }
+    );
+    assert!(failed.is_empty(), "{table}: failed cases: {failed:?}");
+}
+
+fn case<'a>(name: impl Into<String>, f: impl Fn() + 'a) -> Case<'a> {
+    (name.into(), Box::new(f))
+}
+
+/// The bytes of each path (None: absent), to prove a failing command replaced nothing.
+fn contents(paths: &[PathBuf]) -> Vec<Option<Vec<u8>>> {
+    paths.iter().map(|p| std::fs::read(p).ok()).collect()
+}
+
+/// Expects a refusal naming every needle, with `kept` exactly as before.
+fn refused_keeping(a: &[&str], needles: &[&str], kept: &[PathBuf]) {
+    let before = contents(kept);
+    refused(a, needles);
+    assert!(
+        contents(kept) == before,
+        "{a:?}: a failing command changed one of {kept:?}"
+    );
+}
+
+/// A PNG chunk: length, type, data, CRC of type and data.
+fn png_chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    let mut body = kind.to_vec();
+    body.extend_from_slice(data);
+    out.extend_from_slice(&body);
+    out.extend_from_slice(&igpt_core::crc32(&body).to_be_bytes());
+}
+
+/// A PNG header of any size and colour type, with one tiny IDAT and IEND.
+fn png_of(w: u32, h: u32, depth: u8, color: u8) -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[depth, color, 0, 0, 0]);
+    png_chunk(&mut out, b"IHDR", &ihdr);
+    png_chunk(
+        &mut out,
+        b"IDAT",
+        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    );
+    png_chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+/// A GIF of `w`x`h` with an image descriptor of the same size and no pixels.
+fn gif_of(w: u16, h: u16) -> Vec<u8> {
+    let mut g = b"GIF89a".to_vec();
+    g.extend_from_slice(&w.to_le_bytes());
+    g.extend_from_slice(&h.to_le_bytes());
+    g.extend_from_slice(&[0, 0, 0, 0x2c, 0, 0, 0, 0]);
+    g.extend_from_slice(&w.to_le_bytes());
+    g.extend_from_slice(&h.to_le_bytes());
+    g.extend_from_slice(&[0, 2, 1, 0x2c, 0, 0x3b]);
+    g
+}
+
+/// An IDX pair (images `[n, h, w]` of zeros, labels `[n]`) in `dir` with `prefix`.
+fn write_idx(dir: &Path, prefix: &str, n: u32, h: u32, w: u32) {
+    let mut img = vec![0, 0, 8, 3];
+    for d in [n, h, w] {
+        img.extend_from_slice(&d.to_be_bytes());
+    }
+    img.resize(img.len() + (n * h * w) as usize, 0);
+    std::fs::write(dir.join(format!("{prefix}-images-idx3-ubyte")), img).unwrap();
+    let mut lab = vec![0, 0, 8, 1];
+    lab.extend_from_slice(&n.to_be_bytes());
+    lab.extend((0..n).map(|i| (i % 10) as u8));
+    std::fs::write(dir.join(format!("{prefix}-labels-idx1-ubyte")), lab).unwrap();
+}
+
+/// Rewrites the JSON header of a safetensors file (tensor data and checkpoint metadata
+/// untouched, so an igpt checkpoint's CRC still holds).
+fn rewrite_header(bytes: &[u8], edit: impl Fn(&mut serde_json::Value)) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut h: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    edit(&mut h);
+    let mut text = serde_json::to_vec(&h).unwrap();
+    while !text.len().is_multiple_of(8) {
+        text.push(b' ');
+    }
+    let mut out = (text.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&text);
+    out.extend_from_slice(&bytes[8 + n..]);
+    out
+}
+
+/// Sets f32 values of one tensor of a safetensors file in place (HF files: no CRC).
+fn poke_tensor(bytes: &mut [u8], name: &str, values: &[(usize, f32)]) {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let h: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let start = h[name]["data_offsets"][0].as_u64().unwrap() as usize + 8 + n;
+    for &(i, v) in values {
+        bytes[start + 4 * i..start + 4 * i + 4].copy_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// A k x 3 float32 .npy of `values`.
+fn npy_f32(k: usize, values: &[f32]) -> Vec<u8> {
+    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({k}, 3), }}");
+    while (10 + header.len() + 1) % 64 != 0 {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out
+}
+
+/// A JPEG of noise, whole (`None`) or with its scan data cut after `keep` bytes and its
+/// end marker appended.
+fn noise_jpeg(keep: Option<usize>) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(64, 64, |x, y| {
+        image::Rgb([
+            (x * 37 % 251) as u8,
+            (y * 91 % 241) as u8,
+            ((x ^ y) * 13) as u8,
+        ])
+    });
+    let mut buf = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut buf, image::ImageFormat::Jpeg).unwrap();
+    let b = buf.into_inner();
+    let Some(keep) = keep else { return b };
+    let sos = b.windows(2).position(|w| w == [0xff, 0xda]).unwrap();
+    let len = u16::from_be_bytes([b[sos + 2], b[sos + 3]]) as usize;
+    let mut out = b[..sos + 2 + len + keep].to_vec();
+    out.extend_from_slice(&[0xff, 0xd9]);
+    out
+}
+
+#[test]
+fn issue28_nothing_lost_nothing_silently_wrong() {
+    use igpt::io::checkpoint::Checkpoint;
+    use igpt::nn::ParamName;
+    let tmp = tempfile::tempdir().unwrap();
+    let i = inputs(tmp.path());
+    let before = snapshot(&i.dir);
+    let t = tmp.path();
+    let o = |n: &str| s(&t.join(n));
+    let (data, pal, ck, head, model) = (s(&i.data), s(&i.pal), s(&i.ck), s(&i.head), s(&i.model));
+    let fm_train = i.data.join("train-images-idx3-ubyte.gz");
+    let cifar = t.join("cifar1");
+    std::fs::create_dir_all(&cifar).unwrap();
+    std::fs::copy(
+        repo().join("data/cifar10-sample/test_batch.bin"),
+        cifar.join("data_batch_1.bin"),
+    )
+    .unwrap();
+
+    // 2. Check everything, then write: a failing command replaces no earlier file.
+    let keep = t.join("keep");
+    std::fs::create_dir_all(&keep).unwrap();
+    let k = |n: &str| keep.join(n);
+    let mut cases: Vec<Case> = Vec::new();
+    for (n, bytes) in [
+        ("ck.safetensors", &b"old checkpoint"[..]),
+        ("ph.json", b"old head"),
+        ("keep.pal", b"old palette"),
+        ("m.igpt", b"old model"),
+        ("hf.safetensors", b"old import"),
+    ] {
+        std::fs::write(k(n), bytes).unwrap();
+    }
+    let init = |extra: &[&str]| -> Vec<String> {
+        let mut a = args(&[
+            "init",
+            "--palette",
+            &pal,
+            "--preset",
+            "test",
+            "--side",
+            "8",
+            "--out",
+            &s(&k("ck.safetensors")),
+        ]);
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a
+    };
+    let kept = vec![k("ck.safetensors"), k("ph.json")];
+    for (name, extra, needle) in [
+        (
+            "init --probe-layer 99",
+            vec!["--probe-head", "PH", "--probe-layer", "99"],
+            "--probe-layer",
+        ),
+        (
+            "init --classes 0",
+            vec!["--probe-head", "PH", "--classes", "0"],
+            "--classes",
+        ),
+        (
+            "init --classes 300",
+            vec!["--probe-head", "PH", "--classes", "300"],
+            "--classes",
+        ),
+        (
+            "init --probe-head in a missing folder",
+            vec!["--probe-head", "MISSING"],
+            "missing",
+        ),
+        (
+            "init --probe-head is a folder",
+            vec!["--probe-head", "DIR"],
+            "is a folder",
+        ),
+        (
+            "init --vocab 16 with 8 colours",
+            vec!["--vocab", "16"],
+            "--vocab",
+        ),
+    ] {
+        let kept = kept.clone();
+        let ph = s(&k("ph.json"));
+        let missing = s(&keep.join("missing/dir/ph.json"));
+        let dir = s(&keep);
+        cases.push(case(name, move || {
+            let extra: Vec<&str> = extra
+                .iter()
+                .map(|x| match *x {
+                    "PH" => ph.as_str(),
+                    "MISSING" => missing.as_str(),
+                    "DIR" => dir.as_str(),
+                    x => x,
+                })
+                .collect();
+            let a = init(&extra);
+            let a: Vec<&str> = a.iter().map(String::as_str).collect();
+            refused_keeping(&a, &[needle], &kept);
+        }));
+    }
+    for (name, swatch, needle) in [
+        (
+            "palette fit --swatch in a missing folder",
+            s(&keep.join("missing/dir/s.png")),
+            "missing",
+        ),
+        ("palette fit --swatch is a folder", s(&keep), "is a folder"),
+    ] {
+        let (data, keep_pal) = (data.clone(), k("keep.pal"));
+        cases.push(case(name, move || {
+            refused_keeping(
+                &[
+                    "palette",
+                    "fit",
+                    "--data",
+                    &data,
+                    "--k",
+                    "4",
+                    "--sample",
+                    "1000",
+                    "--out",
+                    &s(&keep_pal),
+                    "--swatch",
+                    &swatch,
+                ],
+                &[needle],
+                std::slice::from_ref(&keep_pal),
+            )
+        }));
+    }
+    // A probe whose folder holds a folder named probe.png: its earlier files stay.
+    let pdir = t.join("probe-kept");
+    std::fs::create_dir_all(pdir.join("probe.png")).unwrap();
+    std::fs::write(pdir.join("probe.json"), "old").unwrap();
+    std::fs::write(pdir.join("probe-head.json"), "old").unwrap();
+    {
+        let (ck, data, pdir) = (ck.clone(), data.clone(), pdir.clone());
+        cases.push(case("probe: probe.png is a folder", move || {
+            refused_keeping(
+                &[
+                    "probe",
+                    "--checkpoint",
+                    &ck,
+                    "--data",
+                    &data,
+                    "--train-images",
+                    "40",
+                    "--test-images",
+                    "10",
+                    "--out",
+                    &s(&pdir),
+                ],
+                &["probe.png", "is a folder"],
+                &[pdir.join("probe.json"), pdir.join("probe-head.json")],
+            )
+        }));
+    }
+    let npy255 = t.join("c255.npy");
+    std::fs::write(
+        &npy255,
+        npy_f32(
+            4,
+            &[
+                0., 0., 0., 85., 85., 85., 170., 170., 170., 255., 255., 255.,
+            ],
+        ),
+    )
+    .unwrap();
+    {
+        let (npy255, keep_pal) = (s(&npy255), k("keep.pal"));
+        cases.push(case("palette import of 0..255 centres", move || {
+            refused_keeping(
+                &[
+                    "palette",
+                    "import",
+                    "--npy",
+                    &npy255,
+                    "--out",
+                    &s(&keep_pal),
+                ],
+                &["c255.npy", "[-1, 1]"],
+                std::slice::from_ref(&keep_pal),
+            )
+        }));
+    }
+    {
+        let npy_ok = t.join("c1.npy");
+        std::fs::write(&npy_ok, npy_f32(2, &[-1., -1., -1., 1., 1., 1.])).unwrap();
+        let out = o("imported.pal");
+        cases.push(case("palette import of -1..1 centres works", move || {
+            works(&["palette", "import", "--npy", &s(&npy_ok), "--out", &out]);
+        }));
+    }
+    for (name, out, needle) in [
+        (
+            "export --out in a missing folder",
+            s(&keep.join("missing/m.igpt")),
+            "missing",
+        ),
+        ("export --out is a folder", s(&keep), "is a folder"),
+        (
+            "tokenize --preview in a missing folder",
+            s(&keep.join("missing/p.png")),
+            "missing",
+        ),
+    ] {
+        let (ck, head, pal, png) = (ck.clone(), head.clone(), pal.clone(), s(&i.png));
+        cases.push(case(name, move || {
+            if name.starts_with("export") {
+                refused(
+                    &[
+                        "export",
+                        "--checkpoint",
+                        &ck,
+                        "--probe",
+                        &head,
+                        "--out",
+                        &out,
+                    ],
+                    &[needle],
+                );
+            } else {
+                refused(
+                    &["tokenize", "--palette", &pal, "--preview", &out, &png],
+                    &[needle],
+                );
+            }
+        }));
+    }
+
+    // 3. Degenerate images, refused by the loader (one place) whatever the command.
+    let zero = t.join("zero");
+    std::fs::create_dir_all(&zero).unwrap();
+    let mut zero_images: Vec<(String, Vec<u8>)> = vec![
+        ("w0.pgm".into(), b"P5\n0 4\n255\n".to_vec()),
+        ("h0.pgm".into(), b"P5\n4 0\n255\n".to_vec()),
+        ("w0.ppm".into(), b"P6\n0 4\n255\n".to_vec()),
+        ("h0.ppm".into(), b"P6\n4 0\n255\n".to_vec()),
+        ("zero.ppm".into(), b"P6\n0 0\n255\n".to_vec()),
+        (
+            "w0.pam".into(),
+            b"P7\nWIDTH 0\nHEIGHT 4\nDEPTH 3\nMAXVAL 255\nTUPLTYPE RGB\nENDHDR\n".to_vec(),
+        ),
+        (
+            "h0.pam".into(),
+            b"P7\nWIDTH 4\nHEIGHT 0\nDEPTH 1\nMAXVAL 255\nTUPLTYPE GRAYSCALE\nENDHDR\n".to_vec(),
+        ),
+        ("w0.gif".into(), gif_of(0, 4)),
+        ("h0.gif".into(), gif_of(4, 0)),
+        ("w0.png".into(), png_of(0, 4, 8, 2)),
+    ];
+    for keep_bytes in [0usize, 10, 20] {
+        zero_images.push((format!("cut{keep_bytes}.jpg"), noise_jpeg(Some(keep_bytes))));
+    }
+    for (name, bytes) in &zero_images {
+        let f = zero.join(name);
+        std::fs::write(&f, bytes).unwrap();
+        // The same image in a class folder.
+        let ds = t.join(format!("ds-{name}"));
+        std::fs::create_dir_all(ds.join("a")).unwrap();
+        std::fs::copy(&f, ds.join("a").join(name)).unwrap();
+        let commands: Vec<(&str, Vec<String>)> = vec![
+            ("classify", args(&["classify", "--model", &model, &s(&f)])),
+            ("tokenize", args(&["tokenize", "--palette", &pal, &s(&f)])),
+            (
+                "tokenize --side",
+                args(&["tokenize", "--palette", &pal, "--side", "8", &s(&f)]),
+            ),
+            (
+                "tokenize --preview",
+                args(&[
+                    "tokenize",
+                    "--palette",
+                    &pal,
+                    "--preview",
+                    &o(&format!("pv-{name}.png")),
+                    &s(&f),
+                ]),
+            ),
+            ("data", args(&["data", "--data", &s(&ds)])),
+            (
+                "palette fit",
+                args(&[
+                    "palette",
+                    "fit",
+                    "--data",
+                    &s(&ds),
+                    "--k",
+                    "2",
+                    "--side",
+                    "4",
+                    "--out",
+                    &o(&format!("pf-{name}.pal")),
+                ]),
+            ),
+        ];
+        for (what, a) in commands {
+            let needle = name.clone();
+            cases.push(case(format!("{what} of {name}"), move || {
+                let a: Vec<&str> = a.iter().map(String::as_str).collect();
+                refused(&a, &[&needle]);
+            }));
+        }
+    }
+    {
+        let (model, jpg) = (model.clone(), s(&i.jpg));
+        let noise = t.join("noise.jpg");
+        std::fs::write(&noise, noise_jpeg(None)).unwrap();
+        cases.push(case("whole JPEGs still classify", move || {
+            works(&["classify", "--model", &model, &jpg, &s(&noise)]);
+        }));
+    }
+    // IDX files with a zero image dimension.
+    for (h, w) in [(0u32, 0u32), (0, 8), (8, 0)] {
+        let d = t.join(format!("idx-{h}x{w}"));
+        std::fs::create_dir_all(&d).unwrap();
+        write_idx(&d, "train", 20, h, w);
+        write_idx(&d, "t10k", 10, h, w);
+        let ds = s(&d);
+        let commands: Vec<(&str, Vec<String>)> = vec![
+            ("data", args(&["data", "--data", &ds])),
+            (
+                "palette fit",
+                args(&[
+                    "palette",
+                    "fit",
+                    "--data",
+                    &ds,
+                    "--k",
+                    "2",
+                    "--out",
+                    &o(&format!("i{h}{w}.pal")),
+                ]),
+            ),
+            (
+                "probe --raw-pixels",
+                args(&[
+                    "probe",
+                    "--raw-pixels",
+                    "--side",
+                    "4",
+                    "--data",
+                    &ds,
+                    "--out",
+                    &o(&format!("ip{h}{w}")),
+                ]),
+            ),
+            (
+                "pretrain",
+                args(&[
+                    "pretrain",
+                    "--data",
+                    &ds,
+                    "--palette",
+                    &pal,
+                    "--preset",
+                    "test",
+                    "--side",
+                    "8",
+                    "--steps",
+                    "2",
+                    "--out",
+                    &o(&format!("ir{h}{w}")),
+                ]),
+            ),
+            ("eval", args(&["eval", "--model", &model, "--data", &ds])),
+        ];
+        for (what, a) in commands {
+            cases.push(case(format!("{what} of IDX [n, {h}, {w}]"), move || {
+                let a: Vec<&str> = a.iter().map(String::as_str).collect();
+                refused(&a, &["idx3-ubyte"]);
+            }));
+        }
+    }
+
+    // 4. One data file is not a train/test pair.
+    for (what, file) in [
+        ("IDX", s(&fm_train)),
+        ("CIFAR", s(&cifar.join("data_batch_1.bin"))),
+    ] {
+        let commands: Vec<(&str, Vec<String>)> = vec![
+            (
+                "probe --raw-pixels",
+                args(&[
+                    "probe",
+                    "--raw-pixels",
+                    "--side",
+                    "8",
+                    "--data",
+                    &file,
+                    "--out",
+                    &o("sf-probe"),
+                ]),
+            ),
+            (
+                "probe",
+                args(&[
+                    "probe",
+                    "--checkpoint",
+                    &ck,
+                    "--data",
+                    &file,
+                    "--out",
+                    &o("sf-probe2"),
+                ]),
+            ),
+            (
+                "pretrain",
+                args(&[
+                    "pretrain",
+                    "--data",
+                    &file,
+                    "--palette",
+                    &pal,
+                    "--preset",
+                    "test",
+                    "--side",
+                    "8",
+                    "--steps",
+                    "2",
+                    "--out",
+                    &o("sf-run"),
+                ]),
+            ),
+            (
+                "finetune",
+                args(&[
+                    "finetune",
+                    "--checkpoint",
+                    &ck,
+                    "--data",
+                    &file,
+                    "--steps",
+                    "2",
+                    "--out",
+                    &o("sf-ft"),
+                ]),
+            ),
+        ];
+        for (cmd, a) in commands {
+            let file = file.clone();
+            cases.push(case(format!("{cmd} on one {what} file"), move || {
+                let a: Vec<&str> = a.iter().map(String::as_str).collect();
+                refused(&a, &[&file, "one data file"]);
+                for d in ["sf-probe", "sf-probe2", "sf-run", "sf-ft"] {
+                    assert!(!t.join(d).exists(), "{d}: a failed run left its folder");
+                }
+            }));
+        }
+    }
+    {
+        let (file, pal) = (s(&fm_train), pal.clone());
+        cases.push(case(
+            "pretrain on one IDX file without validation works",
+            move || {
+                works(&[
+                    "pretrain",
+                    "--data",
+                    &file,
+                    "--palette",
+                    &pal,
+                    "--preset",
+                    "test",
+                    "--side",
+                    "8",
+                    "--steps",
+                    "2",
+                    "--batch",
+                    "2",
+                    "--eval-every",
+                    "2",
+                    "--val-images",
+                    "0",
+                    "--out",
+                    &o("sf-noval"),
+                ]);
+            },
+        ));
+    }
+
+    // 5. Finite but absurd numbers in files.
+    let good_head: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&i.head).unwrap()).unwrap();
+    type HeadEdit = Box<dyn Fn(&mut serde_json::Value)>;
+    let head_variants: Vec<(&str, HeadEdit)> = vec![
+        (
+            "std 1e-45",
+            Box::new(|h| h["std"][0] = serde_json::json!(1e-45)),
+        ),
+        ("std 0", Box::new(|h| h["std"][0] = serde_json::json!(0.0))),
+        (
+            "std 3e38",
+            Box::new(|h| h["std"][1] = serde_json::json!(3e38)),
+        ),
+        (
+            "weight 3e38",
+            Box::new(|h| h["weight"][0] = serde_json::json!(3e38)),
+        ),
+        (
+            "weight -3e38",
+            Box::new(|h| h["weight"][5] = serde_json::json!(-3e38)),
+        ),
+        (
+            "bias 3e38",
+            Box::new(|h| h["bias"][0] = serde_json::json!(3e38)),
+        ),
+        (
+            "mean 3e38",
+            Box::new(|h| h["mean"][0] = serde_json::json!(3e38)),
+        ),
+        (
+            "3000 classes",
+            Box::new(|h| {
+                let d = h["mean"].as_array().unwrap().len();
+                h["classes"] =
+                    serde_json::json!((0..3000).map(|c| c.to_string()).collect::<Vec<_>>());
+                h["bias"] = serde_json::json!(vec![0.0; 3000]);
+                h["weight"] = serde_json::json!(vec![0.01; 3000 * d]);
+            }),
+        ),
+        (
+            "std missing a value",
+            Box::new(|h| {
+                h["std"].as_array_mut().unwrap().pop();
+            }),
+        ),
+    ];
+    for (name, edit) in head_variants {
+        let mut h = good_head.clone();
+        edit(&mut h);
+        let f = t.join(format!("head-{}.json", name.replace(' ', "_")));
+        std::fs::write(&f, serde_json::to_vec(&h).unwrap()).unwrap();
+        let (ck, out) = (ck.clone(), k("m.igpt"));
+        cases.push(case(
+            format!("export of a probe head with {name}"),
+            move || {
+                refused_keeping(
+                    &[
+                        "export",
+                        "--checkpoint",
+                        &ck,
+                        "--probe",
+                        &s(&f),
+                        "--out",
+                        &s(&out),
+                    ],
+                    &[&s(&f)],
+                    std::slice::from_ref(&out),
+                );
+            },
+        ));
+    }
+    // Checkpoints: absurd weights (valid CRC), and tensors of the wrong arrangement.
+    let good = Checkpoint::load(&i.ck).unwrap();
+    let mut ck_variants: Vec<(String, PathBuf)> = Vec::new();
+    for (name, which) in [
+        ("lm_head all 3e38", ParamName::LmHead),
+        ("wte one 3e38", ParamName::Wte),
+        ("wpe one -3e38", ParamName::Wpe),
+    ] {
+        let mut c = good.clone();
+        for (n, m) in c.params.iter_mut() {
+            if n == which {
+                if name.contains("all") {
+                    m.data.iter_mut().for_each(|x| *x = 3e38);
+                } else {
+                    m.data[3] = if name.contains('-') { -3e38 } else { 3e38 };
+                }
+            }
+        }
+        let f = t.join(format!("ck-{}.safetensors", name.replace(' ', "_")));
+        c.save(&f).unwrap();
+        ck_variants.push((name.to_string(), f));
+    }
+    let raw = std::fs::read(&i.ck).unwrap();
+    for (name, tensor) in [
+        ("lm_head transposed", "lm_head.weight"),
+        ("wpe transposed", "transformer.wpe.weight"),
+        ("h.0 c_fc transposed", "transformer.h.0.mlp.c_fc.weight"),
+    ] {
+        let bytes = rewrite_header(&raw, |h| {
+            let shape = h[tensor]["shape"].as_array_mut().unwrap();
+            shape.reverse();
+        });
+        let f = t.join(format!("ck-{}.safetensors", name.replace(' ', "_")));
+        std::fs::write(&f, bytes).unwrap();
+        ck_variants.push((name.to_string(), f));
+    }
+    for (name, f) in ck_variants {
+        let commands: Vec<(&str, Vec<String>)> = vec![
+            (
+                "export",
+                args(&[
+                    "export",
+                    "--checkpoint",
+                    &s(&f),
+                    "--probe",
+                    &head,
+                    "--out",
+                    &o("absurd.igpt"),
+                ]),
+            ),
+            (
+                "probe",
+                args(&[
+                    "probe",
+                    "--checkpoint",
+                    &s(&f),
+                    "--data",
+                    &data,
+                    "--out",
+                    &o("absurd-probe"),
+                ]),
+            ),
+            (
+                "sample",
+                args(&[
+                    "sample",
+                    "--checkpoint",
+                    &s(&f),
+                    "--n",
+                    "1",
+                    "--out",
+                    &o("absurd.png"),
+                ]),
+            ),
+            (
+                "eval --checkpoint",
+                args(&[
+                    "eval",
+                    "--model",
+                    &model,
+                    "--data",
+                    &data,
+                    "--limit",
+                    "5",
+                    "--checkpoint",
+                    &s(&f),
+                ]),
+            ),
+        ];
+        for (cmd, a) in commands {
+            let f = s(&f);
+            cases.push(case(
+                format!("{cmd} of a checkpoint with {name}"),
+                move || {
+                    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+                    refused(&a, &[&f]);
+                },
+            ));
+        }
+    }
+
+    // 6. Inputs that do not belong together.
+    {
+        let other = t.join("other.safetensors");
+        works(&[
+            "init",
+            "--palette",
+            &pal,
+            "--preset",
+            "test",
+            "--side",
+            "8",
+            "--seed",
+            "7",
+            "--out",
+            &s(&other),
+        ]);
+        let (model, data) = (model.clone(), data.clone());
+        cases.push(case(
+            "eval --checkpoint that is not the source",
+            move || {
+                refused(
+                    &[
+                        "eval",
+                        "--model",
+                        &model,
+                        "--data",
+                        &data,
+                        "--limit",
+                        "5",
+                        "--checkpoint",
+                        &s(&other),
+                    ],
+                    &["other.safetensors", "not the model file's source"],
+                );
+            },
+        ));
+    }
+    {
+        let (model, data, ck) = (model.clone(), data.clone(), ck.clone());
+        cases.push(case(
+            "eval --checkpoint that is the source works",
+            move || {
+                works(&[
+                    "eval",
+                    "--model",
+                    &model,
+                    "--data",
+                    &data,
+                    "--limit",
+                    "5",
+                    "--checkpoint",
+                    &ck,
+                ]);
+            },
+        ));
+    }
+    {
+        // Three classes of 8x8 images: the model's head has ten.
+        let d = t.join("three");
+        for split in ["train", "test"] {
+            for c in ["a", "b", "c"] {
+                std::fs::create_dir_all(d.join(split).join(c)).unwrap();
+                image::GrayImage::from_pixel(8, 8, image::Luma([60]))
+                    .save(d.join(split).join(c).join("x.png"))
+                    .unwrap();
+            }
+        }
+        let model = model.clone();
+        cases.push(case("eval on data of another class count", move || {
+            refused(
+                &["eval", "--model", &model, "--data", &s(&d)],
+                &["3 classes", "m.igpt"],
+            );
+        }));
+    }
+    {
+        let mut bytes = std::fs::read(&i.hf_weights).unwrap();
+        poke_tensor(
+            &mut bytes,
+            "transformer.h.0.attn.c_proj.weight",
+            &[(3, f32::INFINITY)],
+        );
+        let inf = t.join("inf.safetensors");
+        std::fs::write(&inf, &bytes).unwrap();
+        let mut bytes = std::fs::read(&i.hf_weights).unwrap();
+        poke_tensor(
+            &mut bytes,
+            "transformer.h.1.mlp.c_fc.bias",
+            &[(2, f32::NAN)],
+        );
+        let nan = t.join("nanbias.safetensors");
+        std::fs::write(&nan, &bytes).unwrap();
+        for (name, f, needle) in [
+            ("import-hf of an infinite weight", inf, "c_proj"),
+            ("import-hf of a NaN bias", nan, "c_fc.bias"),
+        ] {
+            let (cfg, out) = (s(&i.hf_json), k("hf.safetensors"));
+            cases.push(case(name, move || {
+                refused_keeping(
+                    &[
+                        "import-hf",
+                        "--config",
+                        &cfg,
+                        "--weights",
+                        &s(&f),
+                        "--out",
+                        &s(&out),
+                    ],
+                    &[&s(&f), needle],
+                    std::slice::from_ref(&out),
+                );
+            }));
+        }
+    }
+    // Resume past --steps, and resume on changed data.
+    {
+        let mydata = t.join("mydata");
+        std::fs::create_dir_all(&mydata).unwrap();
+        for f in std::fs::read_dir(&i.data).unwrap().flatten() {
+            std::fs::copy(f.path(), mydata.join(f.file_name())).unwrap();
+        }
+        let run = t.join("resume-run");
+        let pretrain = |steps: &str, extra: &[&str]| -> Vec<String> {
+            let mut a = args(&[
+                "pretrain",
+                "--data",
+                &s(&mydata),
+                "--palette",
+                &pal,
+                "--preset",
+                "test",
+                "--side",
+                "8",
+                "--batch",
+                "2",
+                "--eval-every",
+                "2",
+                "--val-images",
+                "8",
+                "--steps",
+                steps,
+                "--out",
+                &s(&run),
+            ]);
+            a.extend(extra.iter().map(|x| x.to_string()));
+            a
+        };
+        let first = pretrain("6", &["--stop-after", "4"]);
+        works(&first.iter().map(String::as_str).collect::<Vec<_>>());
+        let state = run.join("checkpoint.safetensors");
+        // A state whose saved step is past its run's --steps (a crafted file, CRC valid).
+        let past_dir = t.join("past-run");
+        std::fs::create_dir_all(&past_dir).unwrap();
+        let mut c = Checkpoint::load(&state).unwrap();
+        c.state.as_mut().unwrap().step = 100_000;
+        c.save(&past_dir.join("checkpoint.safetensors")).unwrap();
+        std::fs::copy(
+            run.join("data-fingerprint.json"),
+            past_dir.join("data-fingerprint.json"),
+        )
+        .unwrap();
+        let mut past = pretrain("6", &["--resume"]);
+        let at = past.iter().position(|x| x == &s(&run)).unwrap();
+        past[at] = s(&past_dir);
+        let past_state = past_dir.join("checkpoint.safetensors");
+        let state2 = state.clone();
+        cases.push(case("resume past --steps", move || {
+            let a: Vec<&str> = past.iter().map(String::as_str).collect();
+            refused_keeping(
+                &a,
+                &["checkpoint.safetensors", "step 100000", "--steps 6"],
+                std::slice::from_ref(&past_state),
+            );
+        }));
+        let changed = pretrain("6", &["--resume"]);
+        let mydata2 = mydata.clone();
+        cases.push(case("resume on changed data", move || {
+            // Other, valid test images: the training split's.
+            let f = mydata2.join("t10k-images-idx3-ubyte.gz");
+            let labels = mydata2.join("t10k-labels-idx1-ubyte.gz");
+            let orig = std::fs::read(&f).unwrap();
+            let orig_labels = std::fs::read(&labels).unwrap();
+            std::fs::copy(mydata2.join("train-images-idx3-ubyte.gz"), &f).unwrap();
+            std::fs::copy(mydata2.join("train-labels-idx1-ubyte.gz"), &labels).unwrap();
+            let a: Vec<&str> = changed.iter().map(String::as_str).collect();
+            let r = std::panic::catch_unwind(|| {
+                refused_keeping(
+                    &a,
+                    &["t10k-images-idx3-ubyte.gz", "changed"],
+                    std::slice::from_ref(&state2),
+                )
+            });
+            std::fs::write(&f, &orig).unwrap();
+            std::fs::write(&labels, &orig_labels).unwrap();
+            assert!(r.is_ok());
+            // With the data restored, the run resumes.
+            works(&a);
+        }));
+    }
+
+    // 7. Leftovers.
+    {
+        let (ck, data) = (ck.clone(), data.clone());
+        cases.push(case(
+            "a probe folder reused without --concat loses the old concat head",
+            move || {
+                let out = o("reused-probe");
+                let base = [
+                    "probe",
+                    "--checkpoint",
+                    &ck,
+                    "--data",
+                    &data,
+                    "--train-images",
+                    "40",
+                    "--test-images",
+                    "10",
+                    "--out",
+                    &out,
+                ];
+                let mut with = base.to_vec();
+                with.extend(["--concat-layers", "1,2"]);
+                works(&with);
+                assert!(Path::new(&out).join("probe-head-concat.json").exists());
+                works(&base);
+                assert!(!Path::new(&out).join("probe-head-concat.json").exists());
+                assert!(
+                    !Path::new(&out).join(".igpt-lock").exists(),
+                    "the lock stays"
+                );
+            },
+        ));
+    }
+    for (cmd, a) in [
+        (
+            "probe",
+            args(&[
+                "probe",
+                "--checkpoint",
+                &ck,
+                "--data",
+                &data,
+                "--layers",
+                "99",
+                "--out",
+                &o("gone/probe"),
+            ]),
+        ),
+        (
+            "finetune",
+            args(&[
+                "finetune",
+                "--checkpoint",
+                &ck,
+                "--data",
+                &s(&t.join("zero")),
+                "--out",
+                &o("gone2/ft"),
+            ]),
+        ),
+        (
+            "pretrain",
+            args(&[
+                "pretrain",
+                "--data",
+                &data,
+                "--palette",
+                &s(&t.join("no.pal")),
+                "--out",
+                &o("gone3/run"),
+            ]),
+        ),
+    ] {
+        cases.push(case(
+            format!("a failed {cmd} leaves no folder"),
+            move || {
+                let a: Vec<&str> = a.iter().map(String::as_str).collect();
+                let out = Path::new(a.last().unwrap()).to_path_buf();
+                let out_parent = out.parent().unwrap().to_path_buf();
+                let _ = run(&args(&a), Duration::from_secs(60));
+                assert!(
+                    !out.exists() && !out_parent.exists(),
+                    "{a:?} left {}",
+                    out_parent.display()
+                );
+            },
+        ));
+    }
+
+    // 8. Allocation from an argument or an image header.
+    {
+        let model = model.clone();
+        cases.push(case("bench infer --images 1e12", move || {
+            refused(
+                &[
+                    "bench",
+                    "infer",
+                    "--model",
+                    &model,
+                    "--images",
+                    "1000000000000",
+                ],
+                &["--images"],
+            );
+        }));
+    }
+    {
+        let big = t.join("big16.png");
+        std::fs::write(&big, png_of(16384, 8192, 16, 6)).unwrap();
+        let (model, pal) = (model.clone(), pal.clone());
+        cases.push(case("a 16384x8192 RGBA16 PNG header", move || {
+            refused(&["classify", "--model", &model, &s(&big)], &["big16.png"]);
+            refused(&["tokenize", "--palette", &pal, &s(&big)], &["big16.png"]);
+        }));
+    }
+
+    // 9. Messages.
+    for (a, needle) in [
+        (vec![], "`igpt` needs a subcommand"),
+        (vec!["palette"], "`igpt palette` needs a subcommand"),
+        (vec!["bench"], "`igpt bench` needs a subcommand"),
+    ] {
+        cases.push(case(
+            format!("igpt {} without a subcommand", a.join(" ")),
+            move || {
+                refused(&a, &[needle]);
+            },
+        ));
+    }
+    {
+        let (ck, out) = (ck.clone(), o("3000.igpt"));
+        let h3000 = s(&t.join("head-3000_classes.json"));
+        cases.push(case(
+            "export of a 3000-class head blames the head",
+            move || {
+                let line = refused(
+                    &[
+                        "export",
+                        "--checkpoint",
+                        &ck,
+                        "--probe",
+                        &h3000,
+                        "--out",
+                        &out,
+                    ],
+                    &["head-3000_classes.json", "classes"],
+                );
+                assert!(!line.contains("malformed model file"), "{line}");
+            },
+        ));
+    }
+
+    run_table("issue 28 cases", cases);
+    assert_eq!(
+        snapshot(&i.dir),
+        before,
+        "a command changed one of its inputs"
+    );
+}
+
+/// Starts igpt without waiting for it.
+fn spawn(a: &[String]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_igpt"))
+        .args(a)
+        .env("IGPT_NO_PROGRESS", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start igpt")
+}
+
+/// Hidden temporaries (`.NAME.PID.tmp`) and run locks left anywhere under `dir`.
+fn leftovers(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if e.path().is_dir() {
+                stack.push(e.path());
+            } else if (name.starts_with('.') && name.ends_with(".tmp")) || name == ".igpt-lock" {
+                out.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn issue28_one_run_per_folder() {
+    let tmp = tempfile::tempdir().unwrap();
+    let i = inputs(tmp.path());
+    let t = tmp.path();
+    let (data, pal, ck) = (s(&i.data), s(&i.pal), s(&i.ck));
+    let mut cases: Vec<Case> = Vec::new();
+    let commands: Vec<(&str, Vec<String>)> = vec![
+        (
+            "pretrain",
+            args(&[
+                "pretrain",
+                "--data",
+                &data,
+                "--palette",
+                &pal,
+                "--preset",
+                "test",
+                "--side",
+                "8",
+                "--steps",
+                "60",
+                "--batch",
+                "4",
+                "--eval-every",
+                "20",
+                "--val-images",
+                "20",
+            ]),
+        ),
+        (
+            "probe",
+            args(&[
+                "probe",
+                "--checkpoint",
+                &ck,
+                "--data",
+                &data,
+                "--train-images",
+                "200",
+                "--test-images",
+                "50",
+            ]),
+        ),
+        (
+            "finetune",
+            args(&[
+                "finetune",
+                "--checkpoint",
+                &ck,
+                "--data",
+                &data,
+                "--steps",
+                "20",
+                "--batch",
+                "4",
+                "--eval-every",
+                "10",
+                "--train-images",
+                "60",
+                "--test-images",
+                "20",
+            ]),
+        ),
+    ];
+    for (cmd, base) in commands {
+        for delay_ms in [0u64, 150] {
+            let dir = t.join(format!("two-{cmd}-{delay_ms}"));
+            let mut a = base.clone();
+            a.extend(args(&["--out", &s(&dir)]));
+            cases.push(case(
+                format!("two {cmd} runs on one folder, {delay_ms} ms apart"),
+                move || {
+                    let first = spawn(&a);
+                    std::thread::sleep(Duration::from_millis(delay_ms));
+                    let second = spawn(&a);
+                    let outs = [
+                        first.wait_with_output().unwrap(),
+                        second.wait_with_output().unwrap(),
+                    ];
+                    let ok: Vec<&Output> = outs.iter().filter(|o| o.status.success()).collect();
+                    let bad: Vec<&Output> = outs.iter().filter(|o| !o.status.success()).collect();
+                    assert_eq!(
+                        ok.len(),
+                        1,
+                        "{a:?}: want one run to proceed: {:?}",
+                        outs.iter()
+                            .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+                            .collect::<Vec<_>>()
+                    );
+                    let line = sane(&a, bad[0]);
+                    assert!(
+                        line.contains(&s(&dir))
+                            && (line.contains("in use by another run") || line.contains("exists")),
+                        "{line}"
+                    );
+                    assert!(leftovers(&dir).is_empty(), "{:?}", leftovers(&dir));
+                    if cmd == "pretrain" || cmd == "finetune" {
+                        let ckf = dir.join("checkpoint.safetensors");
+                        igpt::io::checkpoint::Checkpoint::load(&ckf)
+                            .expect("the proceeding run's checkpoint");
+                        let log = std::fs::read_to_string(dir.join("log.csv")).unwrap();
+                        assert!(log.lines().count() >= 2, "{log}");
+                    } else {
+                        assert!(
+                            dir.join("probe.json").exists() && dir.join("probe-head.json").exists()
+                        );
+                    }
+                },
+            ));
+        }
+    }
+    {
+        let dir = t.join("stale");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(".igpt-lock"), "process 999999 on elsewhere").unwrap();
+        let a = args(&[
+            "pretrain",
+            "--data",
+            &data,
+            "--palette",
+            &pal,
+            "--preset",
+            "test",
+            "--side",
+            "8",
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+            "--eval-every",
+            "2",
+            "--val-images",
+            "4",
+            "--out",
+            &s(&dir),
+        ]);
+        cases.push(case("a stale lock is taken over, saying so", move || {
+            let out = run(&a, Duration::from_secs(120));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("taking over the run lock of process 999999 on elsewhere"),
+                "{err}"
+            );
+            assert!(!dir.join(".igpt-lock").exists());
+        }));
+    }
+    {
+        let dir = t.join("held");
+        let a = args(&[
+            "probe",
+            "--checkpoint",
+            &ck,
+            "--data",
+            &data,
+            "--train-images",
+            "40",
+            "--test-images",
+            "10",
+            "--out",
+            &s(&dir),
+        ]);
+        cases.push(case(
+            "a lock held by a live process refuses, naming it",
+            move || {
+                let lock = igpt::io::lock::RunLock::acquire(&dir).unwrap();
+                let a: Vec<&str> = a.iter().map(String::as_str).collect();
+                refused(&a, &[&s(&dir), &format!("process {}", std::process::id())]);
+                drop(lock);
+                works(&a);
+            },
+        ));
+    }
+    run_table("one run per folder", cases);
+}
+
+#[test]
+fn issue28_interrupts_leave_old_or_new_files_and_resume_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let i = inputs(tmp.path());
+    let t = tmp.path();
+    let (data, pal, ck, head) = (s(&i.data), s(&i.pal), s(&i.ck), s(&i.head));
+    let pretrain = |dir: &Path| {
+        args(&[
+            "pretrain",
+            "--data",
+            &data,
+            "--palette",
+            &pal,
+            "--preset",
+            "test",
+            "--side",
+            "8",
+            "--steps",
+            "40",
+            "--batch",
+            "4",
+            "--eval-every",
+            "5",
+            "--val-images",
+            "20",
+            "--out",
+            &s(dir),
+        ])
+    };
+    let reference = t.join("reference");
+    works(
+        &pretrain(&reference)
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let want = std::fs::read(reference.join("checkpoint.safetensors")).unwrap();
+    let mut rng = Lcg(0x2828);
+    let mut cases: Vec<Case> = Vec::new();
+    for cmd in ["pretrain", "probe", "finetune", "export"] {
+        for (sig_name, sig) in [("SIGINT", libc::SIGINT), ("SIGTERM", libc::SIGTERM)] {
+            for round in 0..2 {
+                let delay = 20 + rng.next() % 500;
+                let dir = t.join(format!("int-{cmd}-{sig_name}-{round}"));
+                let a = match cmd {
+                    "pretrain" => pretrain(&dir),
+                    "probe" => args(&[
+                        "probe",
+                        "--checkpoint",
+                        &ck,
+                        "--data",
+                        &data,
+                        "--train-images",
+                        "300",
+                        "--test-images",
+                        "100",
+                        "--out",
+                        &s(&dir),
+                    ]),
+                    "finetune" => args(&[
+                        "finetune",
+                        "--checkpoint",
+                        &ck,
+                        "--data",
+                        &data,
+                        "--steps",
+                        "30",
+                        "--batch",
+                        "4",
+                        "--eval-every",
+                        "5",
+                        "--train-images",
+                        "60",
+                        "--test-images",
+                        "20",
+                        "--out",
+                        &s(&dir),
+                    ]),
+                    _ => args(&[
+                        "export",
+                        "--checkpoint",
+                        &ck,
+                        "--probe",
+                        &head,
+                        "--out",
+                        &s(&dir.join("m.igpt")),
+                    ]),
+                };
+                let want = want.clone();
+                cases.push(case(format!("{cmd} interrupted by {sig_name} after {delay} ms"), move || {
+                    if cmd == "export" {
+                        std::fs::create_dir_all(&dir).unwrap();
+                        std::fs::write(dir.join("m.igpt"), b"old").unwrap();
+                    }
+                    let child = spawn(&a);
+                    std::thread::sleep(Duration::from_millis(delay));
+                    // Safety: signalling the child this test started.
+                    unsafe {
+                        libc::kill(child.id() as i32, sig);
+                    }
+                    let out = child.wait_with_output().unwrap();
+                    assert!(
+                        !String::from_utf8_lossy(&out.stderr).contains("panicked"),
+                        "{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    assert!(leftovers(&dir).is_empty(), "{a:?} after {delay} ms left {:?}", leftovers(&dir));
+                    match cmd {
+                        "pretrain" | "finetune" => {
+                            let state = dir.join(if cmd == "pretrain" { "checkpoint.safetensors" } else { "state.safetensors" });
+                            let mut again = a.clone();
+                            if state.exists() {
+                                igpt::io::checkpoint::Checkpoint::load(&state).expect("a whole checkpoint");
+                                again.push("--resume".into());
+                            } else if dir.exists() {
+                                // Interrupted before the first checkpoint: start afresh.
+                                std::fs::remove_dir_all(&dir).unwrap();
+                            }
+                            works(&again.iter().map(String::as_str).collect::<Vec<_>>());
+                            if cmd == "pretrain" {
+                                let got = std::fs::read(&state).unwrap();
+                                assert!(got == want, "the resumed run's checkpoint differs from the uninterrupted one's");
+                            }
+                        }
+                        "probe" => {
+                            if let Ok(text) = std::fs::read_to_string(dir.join("probe.json")) {
+                                serde_json::from_str::<serde_json::Value>(&text).expect("a whole probe.json");
+                                assert!(dir.join("probe-head.json").exists());
+                            }
+                        }
+                        _ => {
+                            let b = std::fs::read(dir.join("m.igpt")).unwrap();
+                            assert!(b == b"old" || igpt_core::Model::parse(&b).is_ok(), "neither the old nor a whole new model file");
+                        }
+                    }
+                }));
+            }
+        }
+    }
+    run_table("interrupts", cases);
+}

@@ -6,6 +6,7 @@
 //! magic number, a file that is not an image, mixed image sizes where one is required.
 
 pub mod fingerprint;
+pub mod jpeg_scan;
 pub mod palette;
 pub mod tokenize;
 
@@ -632,6 +633,9 @@ pub fn read_image(path: &Path) -> Result<Image> {
             path.display()
         );
     }
+    if reader.format() == Some(image::ImageFormat::Jpeg) {
+        jpeg_scan::check_scan_length(path, &bytes)?;
+    }
     // Likewise a PNG must end with its IEND chunk and a GIF with its trailer byte.
     const IEND: [u8; 12] = [0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xae, 0x42, 0x60, 0x82];
     if reader.format() == Some(image::ImageFormat::Png) {
@@ -647,9 +651,6 @@ pub fn read_image(path: &Path) -> Result<Image> {
             "{}: the GIF data ends before its trailer (the file is cut short)",
             path.display()
         );
-    }
-    if reader.format() == Some(image::ImageFormat::Jpeg) {
-        check_jpeg_scan(path, &bytes)?;
     }
     reader.limits(limits);
     let mut decoder = reader.into_decoder().with_context(what)?;
@@ -678,39 +679,6 @@ pub fn read_image(path: &Path) -> Result<Image> {
         height: rgb.height() as usize,
         rgb: rgb.into_raw(),
     })
-}
-
-/// Refuses a JPEG whose entropy-coded scan data stops early (the decoder would fill the
-/// rest with grey): decoded once more by zune-jpeg in strict mode, which fails on a
-/// premature end of the scan, an unexpected marker inside it, or stray bytes.
-fn check_jpeg_scan(path: &Path, bytes: &[u8]) -> Result<()> {
-    use zune_jpeg::zune_core::bytestream::ZCursor;
-    use zune_jpeg::zune_core::options::DecoderOptions;
-    let side = MAX_IMAGE_SIDE as usize;
-    let opts = DecoderOptions::default()
-        .set_strict_mode(true)
-        .set_max_width(side)
-        .set_max_height(side);
-    let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), opts);
-    dec.decode_headers()
-        .map_err(|e| anyhow::anyhow!("{}: not a readable JPEG: {e}", path.display()))?;
-    if let Some(info) = dec.info() {
-        let need = info.width as u64 * info.height as u64 * 4;
-        ensure!(
-            need <= (1u64 << 30).min(crate::io::available_memory() / 2),
-            "{}: a {}x{} JPEG is too large to decode here",
-            path.display(),
-            info.width,
-            info.height
-        );
-    }
-    dec.decode().map_err(|e| {
-        anyhow::anyhow!(
-            "{}: the JPEG scan data is damaged or cut short ({e})",
-            path.display()
-        )
-    })?;
-    Ok(())
 }
 
 /// Loads a folder of class subfolders (sorted by name; hidden files skipped). Without

@@ -196,7 +196,9 @@ fn sync_folder(dir: &Path) {
 /// device such as `/dev/null`, a FIFO, `/dev/stdout`) is written in place instead, so
 /// it is never replaced by a regular file. The temporary name stays within the
 /// file-system's 255-byte limit, and temporaries of the same target left by a killed
-/// process are removed.
+/// process are removed. After the rename the folder is synced too, so a power cut cannot
+/// lose the new name. Inside [`write_together`] the write is held (and `path` checked)
+/// instead.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Ok(md) = std::fs::metadata(path) {
         anyhow::ensure!(!md.is_dir(), "{}: is a folder, not a file", path.display());
