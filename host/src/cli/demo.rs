@@ -30,7 +30,9 @@ pub struct DemoArgs {
 
 pub fn demo_cmd(a: DemoArgs) -> Result<()> {
     set_threads(a.threads)?;
-    let shipped = PathBuf::from(igpt::demo::SHIPPED_MODEL);
+    // The shipped files, named without the source tree's `host/..` detour.
+    let tidy = |p: &str| std::fs::canonicalize(p).unwrap_or_else(|_| PathBuf::from(p));
+    let shipped = tidy(igpt::demo::SHIPPED_MODEL);
     let pretrained = match (a.pretrained, a.no_pretrained || a.quick) {
         (Some(p), _) => Some(p),
         (None, false) if shipped.exists() => Some(shipped.clone()),
@@ -46,7 +48,7 @@ pub fn demo_cmd(a: DemoArgs) -> Result<()> {
     // The shipped classifier comes first (not with --quick: a tiny run).
     let classifier = (!a.quick)
         .then(|| igpt::demo::ClassifierFiles {
-            model: PathBuf::from(igpt::demo::SHIPPED_CLASSIFIER),
+            model: tidy(igpt::demo::SHIPPED_CLASSIFIER),
             checkpoint: shipped.clone(),
             labels: igpt::demo::SHIPPED_CLASSIFIER_LABELS,
         })
