@@ -30,7 +30,8 @@ fn classifier_matches_the_int8_path_and_names_classes() {
     for path in example_images() {
         let got = c.classify_path(&path).unwrap();
         let tokens = igpt::data::tokenize::image(&path, model.palette(), side).unwrap();
-        let want = &igpt::int8::run::classify_all(&model, &[tokens.clone()]).unwrap()[0];
+        let want =
+            &igpt::int8::run::classify_all(&model, std::slice::from_ref(&tokens)).unwrap()[0];
         assert_eq!(got.class, want.class, "{}", path.display());
         assert_eq!(got.probs, want.probs.to_vec());
         assert_eq!(got.label, labels[got.class]);
