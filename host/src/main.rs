@@ -68,11 +68,17 @@ enum Cmd {
 
 fn main() {
     igpt::io::keep_freed_memory();
-    let cli = match Cli::try_parse_from(negative_values_attached(std::env::args_os())) {
+    igpt::io::interrupt::remove_on_signal();
+    let argv = negative_values_attached(std::env::args_os());
+    let cli = match Cli::try_parse_from(&argv) {
         Ok(c) => c,
         // Help and version go to standard output with exit 0; a bad argument is one error
         // line (clap's first line, without its usage block) and exit 1, like every error.
         Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            eprintln!("{}", missing_subcommand(&argv));
+            std::process::exit(1);
+        }
         Err(e) => {
             let text = e.to_string();
             let what: Vec<&str> = text
@@ -90,6 +96,27 @@ fn main() {
         eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
         std::process::exit(1);
     }
+}
+
+/// The error line of a command given without its subcommand (`igpt`, `igpt palette`):
+/// which command, and the subcommands it takes.
+fn missing_subcommand(argv: &[std::ffi::OsString]) -> String {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    let mut path = vec!["igpt".to_string()];
+    for a in argv.iter().skip(1) {
+        let Some(sub) = a.to_str().and_then(|s| cmd.find_subcommand(s)).cloned() else {
+            break;
+        };
+        path.push(sub.get_name().to_string());
+        cmd = sub;
+    }
+    let names: Vec<&str> = cmd.get_subcommands().map(|c| c.get_name()).collect();
+    format!(
+        "error: `{}` needs a subcommand, one of: {} (see --help)",
+        path.join(" "),
+        names.join(", ")
+    )
 }
 
 /// `--flag -1` as `--flag=-1`: clap would read a negative number after a flag as another

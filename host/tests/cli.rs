@@ -884,10 +884,16 @@ fn demo_quick_runs_end_to_end_on_the_embedded_subset() {
     let v: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out.join("summary.json")).unwrap()).unwrap();
     // 10 classes: chance is 10%; the int8 classifier must beat it by 20 points.
-    let int8 = v["int8_accuracy"].as_f64().unwrap();
+    let int8 = v["scratch"]["int8_accuracy"].as_f64().unwrap();
     assert!(int8 >= 0.30, "int8 accuracy {int8}");
     assert_eq!(v["test_images"].as_u64(), Some(200));
-    assert!(stdout.contains("int8 with igpt-core"), "{stdout}");
+    assert!(stdout.contains("int8 export (igpt-core)"), "{stdout}");
+    assert!(stdout.contains("vs raw pixels: p"), "{stdout}");
+    // Detail goes to demo.log, not the terminal.
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    let log = std::fs::read_to_string(out.join("demo.log")).unwrap();
+    assert!(log.contains("layer 0: test accuracy"), "{log}");
+    assert!(!stderr.contains("L-BFGS"), "{stderr}");
     // The exported file is a valid core model with the probe.
     let bytes = std::fs::read(out.join("model.igpt")).unwrap();
     let m = igpt_core::Model::parse(&bytes).unwrap();

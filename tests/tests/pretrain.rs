@@ -217,6 +217,29 @@ fn subset() -> PathBuf {
     igpt_tests::repo_root().join("data/fashion-mnist-subset")
 }
 
+/// The fine-tuned class head exported to int8 (as `igpt export` does without --probe):
+/// the file's head is the checkpoint's, and its f32 twin (the same head on the f32
+/// features of the final norm) classifies the 20 test images as fine-tuning measured.
+fn check_class_head_export(best: &Checkpoint, data: &Path, test_accuracy: f64) {
+    let head = igpt::int8::export::class_head(best).unwrap();
+    let (bytes, _) = igpt::int8::export::export(best, Some(&head), false).unwrap();
+    let model = igpt_core::Model::parse(&bytes).unwrap();
+    let stored = igpt::int8::export::probe_head(&model).unwrap();
+    assert_eq!(stored, head);
+    assert_eq!(stored.classes, best.classes.clone().unwrap());
+    let r = igpt::int8::run::eval(&model, data, Some(best), 20, 0, false).unwrap();
+    let f32_accuracy = r.f32_accuracy.unwrap();
+    assert!(
+        (f32_accuracy - test_accuracy).abs() <= 1.0 / 20.0 + 1e-9,
+        "the exported head's f32 accuracy {f32_accuracy} is not fine-tuning's {test_accuracy}"
+    );
+    println!(
+        "class head export: f32 {f32_accuracy:.3} (fine-tuning {test_accuracy:.3}), int8 {:.3}, agreement {:.3}",
+        r.int8_accuracy,
+        r.agreement.unwrap()
+    );
+}
+
 #[test]
 fn finetune_resume_equals_an_uninterrupted_run() {
     use igpt::io::meta::FinetuneArgs;
@@ -238,6 +261,8 @@ fn finetune_resume_equals_an_uninterrupted_run() {
             batch: 4,
             lr: 1e-3,
             warmup: 1,
+            schedule: Default::default(),
+            augment: true,
             head_lr_scale: 10.0,
             gen_weight: 0.5,
             adam: AdamConfig::default(),
@@ -272,6 +297,9 @@ fn finetune_resume_equals_an_uninterrupted_run() {
         assert_eq!(best.finetune.as_ref(), Some(&cfg));
         assert_eq!(best.objective(), objective);
         assert!(best.state.is_none());
+        let names = data::load(&data, Split::Train, Some(8)).unwrap().classes;
+        assert_eq!(best.classes.as_ref(), Some(&names));
+        check_class_head_export(&best, &data, sa.test_accuracy);
         // The log (same rows, but for the time columns) and the curves.
         let rows = |d: &Path| -> Vec<String> {
             std::fs::read_to_string(d.join("log.csv"))

@@ -87,6 +87,21 @@ pub fn bench_infer_cmd(a: BenchInferArgs) -> Result<()> {
     let bytes = igpt::int8::export::read_model(&a.model)?;
     let model = igpt_core::Model::parse(&bytes)?;
     let c = *model.config();
+    ensure!(
+        (1..=1_000_000).contains(&a.batch) && (1..=1000).contains(&a.rounds),
+        "--batch must be in 1..=1000000 and --rounds in 1..=1000"
+    );
+    // The images (u16 tokens, with the Vec per image), and the f32 forward's activations
+    // of one batch (about 16 values per width per position).
+    let per_image = (c.seq_len() * 2 + 24) as u64;
+    let batch_bytes = a.batch.min(a.images) as u64 * c.seq_len() as u64 * c.width as u64 * 64;
+    igpt::io::ensure_memory(
+        (a.images as u64)
+            .saturating_mul(per_image)
+            .saturating_add(batch_bytes),
+        "lower --images or --batch",
+    )
+    .map_err(|e| anyhow::anyhow!("--images {}: {e}", a.images))?;
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
     let images: Vec<Vec<u16>> = (0..a.images)
         .map(|_| {

@@ -64,6 +64,9 @@ pub fn tokenize(a: TokenizeArgs) -> Result<()> {
     check_side(a.side)?;
     let pal = palette::load(&a.palette)?;
     igpt::io::guard::ensure_distinct(a.preview.iter(), a.images.iter().chain([&a.palette]))?;
+    if let Some(p) = &a.preview {
+        igpt::io::check_output(p)?;
+    }
     let c = pal.channels();
     let mut first: Option<(usize, usize, &PathBuf)> = None;
     let mut decoded: Vec<(usize, usize, Vec<u8>)> = Vec::new();

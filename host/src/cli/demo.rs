@@ -9,7 +9,7 @@ pub struct DemoArgs {
     /// Output folder.
     #[arg(long, default_value = "igpt-demo")]
     pub out: PathBuf,
-    /// Use this dataset instead of the embedded 2,000 + 500 image subset.
+    /// Use this dataset instead of the embedded 2,000 + 2,000 image subset.
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// A tiny model on part of the subset: under a minute.
@@ -33,7 +33,7 @@ pub fn demo_cmd(a: DemoArgs) -> Result<()> {
     let shipped = PathBuf::from(igpt::demo::SHIPPED_MODEL);
     let pretrained = match (a.pretrained, a.no_pretrained || a.quick) {
         (Some(p), _) => Some(p),
-        (None, false) if shipped.exists() => Some(shipped),
+        (None, false) if shipped.exists() => Some(shipped.clone()),
         (None, false) => {
             eprintln!(
                 "demo: no shipped model at {} (a clone with models/ has it; --pretrained PATH names another): skipping its probe",
@@ -43,10 +43,19 @@ pub fn demo_cmd(a: DemoArgs) -> Result<()> {
         }
         (None, true) => None,
     };
+    // The shipped classifier comes first (not with --quick: a tiny run).
+    let classifier = (!a.quick)
+        .then(|| igpt::demo::ClassifierFiles {
+            model: PathBuf::from(igpt::demo::SHIPPED_CLASSIFIER),
+            checkpoint: shipped.clone(),
+            labels: igpt::demo::SHIPPED_CLASSIFIER_LABELS,
+        })
+        .filter(|c| c.model.exists() && c.checkpoint.exists());
     let cfg = igpt::demo::DemoConfig {
         out: a.out.clone(),
         data: a.data,
         quick: a.quick,
+        classifier,
         pretrained,
     };
     let s = igpt::demo::run(&cfg, true)?;

@@ -244,15 +244,18 @@ pub fn scaling_cmd(a: ScalingArgs) -> Result<()> {
         .map(|d| scaling::load_run(d))
         .collect::<Result<Vec<_>>>()?;
     std::fs::create_dir_all(&a.out).with_context(|| format!("{}", a.out.display()))?;
-    scaling::plot(
-        &runs,
-        &a.out.join("scaling.png"),
-        &a.out.join("scaling-by-layer.png"),
-    )?;
     let rows = scaling::table(&runs);
     let mut md = rows.join("\n");
     md.push('\n');
-    igpt::io::write_atomic(&a.out.join("scaling.md"), md.as_bytes())?;
+    // The plots and the table, all or none.
+    igpt::io::write_together(|| {
+        scaling::plot(
+            &runs,
+            &a.out.join("scaling.png"),
+            &a.out.join("scaling-by-layer.png"),
+        )?;
+        igpt::io::write_atomic(&a.out.join("scaling.md"), md.as_bytes())
+    })?;
     for r in &rows {
         println!("{r}");
     }

@@ -10,7 +10,8 @@ pub struct ExportArgs {
     /// Checkpoint (with its palette).
     #[arg(long)]
     pub checkpoint: PathBuf,
-    /// Probe head written by `igpt probe` (probe-head.json).
+    /// Probe head written by `igpt probe` (probe-head.json). Without it, a fine-tuned
+    /// checkpoint's class head is exported (on the final norm, as fine-tuning trained it).
     #[arg(long)]
     pub probe: Option<PathBuf>,
     /// Keep only the blocks the probe needs (no next-token head): a smaller file.
@@ -74,10 +75,12 @@ pub fn export_cmd(a: ExportArgs) -> Result<()> {
         [&a.out],
         [&a.checkpoint].into_iter().chain(a.probe.as_ref()),
     )?;
+    igpt::io::check_output(&a.out)?;
     let ck = Checkpoint::load(&a.checkpoint)?;
+    // A probe head given on the command line, else a fine-tuned checkpoint's class head.
     let head = match &a.probe {
         Some(p) => Some(igpt::int8::export::ProbeHead::load(p, ck.config.width)?),
-        None => None,
+        None => igpt::int8::export::class_head(&ck),
     };
     let (bytes, r) = igpt::int8::export::export(&ck, head.as_ref(), a.upto_probe_layer)
         .with_context(|| a.checkpoint.display().to_string())?;
@@ -113,10 +116,11 @@ pub fn export_cmd(a: ExportArgs) -> Result<()> {
 
 pub fn vectors_cmd(a: VectorsArgs) -> Result<()> {
     igpt::io::guard::ensure_distinct([&a.out], [&a.model, &a.data])?;
+    igpt::io::check_output(&a.out)?;
     let bytes = igpt::int8::export::read_model(&a.model)?;
     let model = igpt_core::Model::parse(&bytes)?;
     ensure!(a.count > 0, "--count must be positive");
-    let (file, correct, count) = igpt::int8::run::test_vectors(&model, &a.data, a.count)?;
+    let (file, correct, count) = igpt::int8::run::test_vectors(&model, &a.model, &a.data, a.count)?;
     igpt::io::write_atomic(&a.out, &file)?;
     println!(
         "{}: {count} images, host int8 accuracy {correct}/{count}",
@@ -142,6 +146,7 @@ pub fn classify_cmd(a: ClassifyArgs) -> Result<()> {
         let mut s = buf.scratch(&c)?;
         let p = igpt::int8::run::classify(&model, &mut ops, &tokens, &mut s)
             .map_err(|e| anyhow::anyhow!("{}: {e}", a.model.display()))?;
+        igpt::int8::run::ensure_finite_probs(&p, &a.model)?;
         let name = model.class_name(p.class);
         println!(
             "{}: class {} {} (p = {:.3})",
@@ -171,19 +176,15 @@ pub fn eval_cmd(a: EvalArgs) -> Result<()> {
     let ck = match &a.checkpoint {
         Some(p) => {
             let ck = Checkpoint::load(p)?;
-            ensure!(
-                ck.config == *model.config(),
-                "{}: the checkpoint's shape ({:?}) differs from {}'s ({:?}); pass the checkpoint it was exported from",
-                p.display(),
-                ck.config,
-                a.model.display(),
-                model.config()
-            );
+            igpt::int8::run::ensure_exported_from(&model, &ck)
+                .with_context(|| format!("{} (model file {})", p.display(), a.model.display()))?;
             Some(ck)
         }
         None => None,
     };
     let r = igpt::int8::run::eval(&model, &a.data, ck.as_ref(), a.limit, a.nll_images, true)?;
+    check_classes(&model, &a.model, &r.classes, &a.data)?;
+    check_eval_finite(&r, &a)?;
     println!("images={}", r.images);
     println!("int8_accuracy={:.4}", r.int8_accuracy);
     if let (Some(f), Some(g)) = (r.f32_accuracy, r.agreement) {
@@ -196,6 +197,74 @@ pub fn eval_cmd(a: EvalArgs) -> Result<()> {
         if let Some(b) = b32 {
             println!("f32_bits_per_dim={b:.4}");
             println!("nll_increase_percent={:.2}", 100.0 * (b8 / b - 1.0));
+        }
+    }
+    Ok(())
+}
+
+/// The data's classes must be the model's: the same count, and the same names where both
+/// carry real ones (placeholders match any names: a seeded head's `class i`, and the
+/// numbers `0`, `1`, .. that IDX files without a known dataset name get).
+fn check_classes(
+    model: &igpt_core::Model<'_>,
+    path: &std::path::Path,
+    classes: &[String],
+    data: &std::path::Path,
+) -> Result<()> {
+    let (_, k) = model.probe().context("no probe head")?;
+    ensure!(
+        classes.len() == k,
+        "{}: {} classes, but the probe head of {} has {k}; evaluate on the data it was fitted to",
+        data.display(),
+        classes.len(),
+        path.display()
+    );
+    let generic =
+        |i: usize, n: &str| n.is_empty() || n == format!("class {i}") || n == i.to_string();
+    let placeholder = (0..k).all(|i| generic(i, model.class_name(i)))
+        || classes.iter().enumerate().all(|(i, n)| generic(i, n));
+    if !placeholder {
+        for (i, name) in classes.iter().enumerate() {
+            ensure!(
+                model.class_name(i) == name,
+                "{}: class {i} is `{name}`, but {} names it `{}`; evaluate on the data its head was fitted to",
+                data.display(),
+                path.display(),
+                model.class_name(i)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Every number `eval` prints is finite, or the command fails naming the file behind it.
+fn check_eval_finite(r: &igpt::int8::run::EvalReport, a: &EvalArgs) -> Result<()> {
+    let ck = a
+        .checkpoint
+        .as_deref()
+        .unwrap_or(std::path::Path::new("the checkpoint"));
+    ensure!(
+        r.int8_finite,
+        "{}: the model gives non-finite class probabilities (its probe head or weights hold values too large for the arithmetic)",
+        a.model.display()
+    );
+    ensure!(
+        r.f32_finite != Some(false),
+        "{}: the f32 model and probe head give non-finite class scores",
+        ck.display()
+    );
+    if let Some((b8, b32)) = r.bits {
+        ensure!(
+            b8.is_finite(),
+            "{}: the int8 bits/dim is {b8} (weights too large for the arithmetic)",
+            a.model.display()
+        );
+        if let Some(b) = b32 {
+            ensure!(
+                b.is_finite(),
+                "{}: the f32 bits/dim is {b} (weights too large for the arithmetic)",
+                ck.display()
+            );
         }
     }
     Ok(())

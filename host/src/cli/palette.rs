@@ -10,6 +10,7 @@ pub fn run(cmd: PaletteCmd) -> Result<()> {
         PaletteCmd::Fit(a) => palette_fit(a),
         PaletteCmd::Import(a) => {
             igpt::io::guard::ensure_distinct([&a.out], [&a.npy])?;
+            igpt::io::check_output(&a.out)?;
             let p = palette::import_npy(&a.npy)?;
             palette::save(&a.out, &p)?;
             println!(
@@ -26,6 +27,7 @@ pub fn run(cmd: PaletteCmd) -> Result<()> {
                 (1..=512).contains(&a.cols) && (1..=256).contains(&a.cell),
                 "--cols must be in 1..=512 and --cell in 1..=256"
             );
+            igpt::io::check_output(&a.out)?;
             let p = palette::load(&a.palette)?;
             palette::write_swatch(&a.out, &p, a.cols, a.cell)?;
             println!(
@@ -48,6 +50,7 @@ pub fn run(cmd: PaletteCmd) -> Result<()> {
                 "--levels {}: levels^channels must be at most 512 colours (--levels at most 512 grey, 8 RGB)",
                 a.levels
             );
+            igpt::io::check_output(&a.out)?;
             let p = palette::uniform_grid(a.channels, a.levels)?;
             palette::save(&a.out, &p)?;
             println!(
@@ -159,6 +162,9 @@ pub fn check_side(side: Option<usize>) -> Result<()> {
 pub fn palette_fit(a: FitArgs) -> Result<()> {
     check_side(a.side)?;
     igpt::io::guard::ensure_distinct([&a.out].into_iter().chain(a.swatch.as_ref()), [&a.data])?;
+    for out in [&a.out].into_iter().chain(a.swatch.as_ref()) {
+        igpt::io::check_output(out)?;
+    }
     ensure!(
         (1..=100_000_000).contains(&a.sample),
         "--sample {} is out of range (1..=100000000)",
@@ -187,8 +193,20 @@ pub fn palette_fit(a: FitArgs) -> Result<()> {
         sample: a.sample,
         seed: a.seed,
     };
+    ensure!(
+        !ds.pixels.is_empty(),
+        "{}: no pixels to fit a palette to",
+        a.data.display()
+    );
     let (p, stats) = palette::fit(&ds.pixels, channels, opts, true)?;
-    palette::save(&a.out, &p)?;
+    // The palette and its swatch, both or neither.
+    igpt::io::write_together(|| {
+        palette::save(&a.out, &p)?;
+        match &a.swatch {
+            Some(s) => palette::write_swatch(s, &p, 32, 16),
+            None => Ok(()),
+        }
+    })?;
     println!(
         "{}: {} colours x {} channels from {} pixels of {} images, {} iterations, {} re-seeded, mse per channel {:.3}",
         a.out.display(),
@@ -201,7 +219,6 @@ pub fn palette_fit(a: FitArgs) -> Result<()> {
         stats.mse
     );
     if let Some(s) = a.swatch {
-        palette::write_swatch(&s, &p, 32, 16)?;
         println!("swatch: {}", s.display());
     }
     Ok(())

@@ -4,7 +4,9 @@ use super::args::{set_threads, ModelArgs};
 use anyhow::{ensure, Result};
 use igpt::data::palette;
 use igpt::io::checkpoint::Checkpoint;
-use igpt::io::meta::{AdamConfig, FinetuneArgs as FinetuneRun, PretrainArgs as PretrainRun};
+use igpt::io::meta::{
+    AdamConfig, FinetuneArgs as FinetuneRun, PretrainArgs as PretrainRun, Schedule,
+};
 use igpt::io::probe_head::ProbeHead;
 use igpt::nn::device::DeviceKind;
 use igpt::nn::Objective;
@@ -98,6 +100,14 @@ pub struct FinetuneArgs {
     /// Warmup steps (default: 5% of --steps).
     #[arg(long)]
     pub warmup: Option<u64>,
+    /// After the warmup: cosine decay to 0 at --steps, or constant (the paper's
+    /// fine-tuning: no decay, early stopping at the best validation accuracy).
+    #[arg(long, value_enum, default_value = "cosine")]
+    pub schedule: Schedule,
+    /// Augment the training images: a random shift of up to one pixel (the uncovered
+    /// edge takes the background colour) and a random horizontal flip, before tokenizing.
+    #[arg(long)]
+    pub augment: bool,
     /// The class head's learning rate as a multiple of --lr (the head starts at zero).
     #[arg(long, default_value_t = 1.0)]
     pub head_lr_scale: f64,
@@ -320,6 +330,8 @@ fn finetune_rank(a: FinetuneArgs, comm: &dyn Collective) -> Result<()> {
         batch: a.batch,
         lr: a.lr,
         warmup: a.warmup.unwrap_or((a.steps / 20).max(1)),
+        schedule: a.schedule,
+        augment: a.augment,
         head_lr_scale: a.head_lr_scale,
         gen_weight: a.gen_weight,
         adam: AdamConfig {
@@ -361,6 +373,7 @@ pub fn import_hf_cmd(a: ImportHfArgs) -> Result<()> {
         [&a.out],
         [&config, &weights].into_iter().chain(palette.as_ref()),
     )?;
+    igpt::io::check_output(&a.out)?;
     let mut ck = igpt::io::hf::import_files(&config, &weights)?;
     if let Some(p) = &palette {
         let pal = if p.extension().is_some_and(|e| e == "json") {
@@ -419,6 +432,7 @@ fn import_hf_inputs(a: &ImportHfArgs) -> (PathBuf, PathBuf, Option<PathBuf>) {
 
 pub fn strip_cmd(a: StripArgs) -> Result<()> {
     igpt::io::guard::ensure_distinct([&a.out], [&a.checkpoint])?;
+    igpt::io::check_output(&a.out)?;
     let mut ck = Checkpoint::load(&a.checkpoint)?;
     let step = ck.state.take().map(|s| s.step);
     ck.save(&a.out)?;
@@ -439,14 +453,49 @@ pub fn init_cmd(a: InitArgs) -> Result<()> {
         [&a.out].into_iter().chain(a.probe_head.as_ref()),
         [&a.palette],
     )?;
+    for out in [&a.out].into_iter().chain(a.probe_head.as_ref()) {
+        igpt::io::check_output(out)?;
+    }
     let pal = palette::load(&a.palette)?;
+    if let Some(v) = a.model.vocab {
+        ensure!(
+            v == pal.len(),
+            "--vocab {v} but {} has {} colours",
+            a.palette.display(),
+            pal.len()
+        );
+    }
     let mut model = a.model.clone();
     model.vocab = Some(pal.len());
     let c = super::args::allocatable(model.config(Preset::Fw)?)?;
+    let layer = a.probe_layer.unwrap_or(c.layers / 2);
+    if a.probe_head.is_some() {
+        ensure!(
+            layer <= c.layers,
+            "--probe-layer {layer}: the model has 0..={}",
+            c.layers
+        );
+        ensure!(
+            (1..=igpt_core::format::MAX_CLASSES).contains(&a.classes),
+            "--classes {}: must be in 1..={}",
+            a.classes,
+            igpt_core::format::MAX_CLASSES
+        );
+    } else {
+        ensure!(a.probe_layer.is_none(), "--probe-layer needs --probe-head");
+    }
     let dev = dfdx::prelude::Cpu::default();
     let gpt: igpt::nn::Gpt<f32, _> = igpt::nn::Gpt::init(&dev, c, None, a.seed);
     let ck = Checkpoint::from_model(&gpt, Some(pal));
-    ck.save(&a.out)?;
+    let head = a
+        .probe_head
+        .as_ref()
+        .map(|p| (p, ProbeHead::seeded(c.width, layer, a.classes, a.seed)));
+    // Both files or neither.
+    igpt::io::write_together(|| {
+        ck.save(&a.out)?;
+        head.as_ref().map_or(Ok(()), |(p, h)| h.save(p))
+    })?;
     println!(
         "{}: seeded {} layers, width {}, {} heads, {}x{}, k {} ({} parameters)",
         a.out.display(),
@@ -458,18 +507,7 @@ pub fn init_cmd(a: InitArgs) -> Result<()> {
         c.vocab,
         c.param_count()
     );
-    if let Some(path) = &a.probe_head {
-        let layer = a.probe_layer.unwrap_or(c.layers / 2);
-        ensure!(
-            layer <= c.layers,
-            "--probe-layer {layer}: the model has 0..={}",
-            c.layers
-        );
-        ensure!(
-            (1..=256).contains(&a.classes),
-            "--classes must be in 1..=256"
-        );
-        ProbeHead::seeded(c.width, layer, a.classes, a.seed).save(path)?;
+    if let Some((path, _)) = &head {
         println!(
             "{}: seeded probe head on layer {layer}, {} classes",
             path.display(),

@@ -5,6 +5,7 @@
 //! Every problem is an error naming the file: a missing path, a truncated record, a wrong
 //! magic number, a file that is not an image, mixed image sizes where one is required.
 
+pub mod fingerprint;
 pub mod palette;
 pub mod tokenize;
 
@@ -278,6 +279,19 @@ pub fn load(path: &Path, split: Split, side: Option<usize>) -> Result<Dataset> {
         Some(s) => ds.resized(s),
         None => ds,
     })
+}
+
+/// Refuses a single data file where a command needs a training and a test split: one
+/// CIFAR-10 batch or IDX file holds one split, and would be used as both (a test score
+/// on the training images). `use_` says what the test split is for, with the flag that
+/// does without it.
+pub fn ensure_two_splits(path: &Path, use_: &str) -> Result<()> {
+    ensure!(
+        !path.is_file(),
+        "{}: one data file is one split, and this command needs a training and a test split ({use_}); pass the folder holding both (e.g. data_batch_*.bin and test_batch.bin, or train-* and t10k-* IDX files)",
+        path.display()
+    );
+    Ok(())
 }
 
 fn file_name(path: &Path) -> String {
@@ -555,6 +569,13 @@ pub fn load_idx(images: &Path, labels: &Path) -> Result<Dataset> {
         idims[0],
         images.display()
     );
+    ensure!(
+        idims[1] > 0 && idims[2] > 0,
+        "{}: the IDX images are {}x{} pixels: an image needs at least one",
+        images.display(),
+        idims[2],
+        idims[1]
+    );
     let labels_v: Vec<u16> = lb[lh..].iter().map(|&l| l as u16).collect();
     let max = labels_v.iter().copied().max().unwrap_or(0) as usize;
     let lower = images.to_string_lossy().to_lowercase();
@@ -627,14 +648,69 @@ pub fn read_image(path: &Path) -> Result<Image> {
             path.display()
         );
     }
+    if reader.format() == Some(image::ImageFormat::Jpeg) {
+        check_jpeg_scan(path, &bytes)?;
+    }
     reader.limits(limits);
-    let img = reader.decode().with_context(what)?;
+    let mut decoder = reader.into_decoder().with_context(what)?;
+    let (w, h) = image::ImageDecoder::dimensions(&decoder);
+    ensure!(
+        w > 0 && h > 0,
+        "{}: the image is {w}x{h} pixels: an image needs at least one",
+        path.display()
+    );
+    // The decoded image and its RGB copy, both held at once: the decoder's limit covers
+    // only the first.
+    let pixels = w as u64 * h as u64;
+    let decoded = pixels * image::ImageDecoder::color_type(&decoder).bytes_per_pixel() as u64;
+    let budget = (1u64 << 30).min(crate::io::available_memory() / 2);
+    ensure!(
+        decoded + 3 * pixels <= budget,
+        "{}: a {w}x{h} image needs {} bytes to decode, more than the {budget} allowed",
+        path.display(),
+        decoded + 3 * pixels
+    );
+    image::ImageDecoder::set_limits(&mut decoder, image::Limits::no_limits()).with_context(what)?;
+    let img = image::DynamicImage::from_decoder(decoder).with_context(what)?;
     let rgb = img.to_rgb8();
     Ok(Image {
         width: rgb.width() as usize,
         height: rgb.height() as usize,
         rgb: rgb.into_raw(),
     })
+}
+
+/// Refuses a JPEG whose entropy-coded scan data stops early (the decoder would fill the
+/// rest with grey): decoded once more by zune-jpeg in strict mode, which fails on a
+/// premature end of the scan, an unexpected marker inside it, or stray bytes.
+fn check_jpeg_scan(path: &Path, bytes: &[u8]) -> Result<()> {
+    use zune_jpeg::zune_core::bytestream::ZCursor;
+    use zune_jpeg::zune_core::options::DecoderOptions;
+    let side = MAX_IMAGE_SIDE as usize;
+    let opts = DecoderOptions::default()
+        .set_strict_mode(true)
+        .set_max_width(side)
+        .set_max_height(side);
+    let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), opts);
+    dec.decode_headers()
+        .map_err(|e| anyhow::anyhow!("{}: not a readable JPEG: {e}", path.display()))?;
+    if let Some(info) = dec.info() {
+        let need = info.width as u64 * info.height as u64 * 4;
+        ensure!(
+            need <= (1u64 << 30).min(crate::io::available_memory() / 2),
+            "{}: a {}x{} JPEG is too large to decode here",
+            path.display(),
+            info.width,
+            info.height
+        );
+    }
+    dec.decode().map_err(|e| {
+        anyhow::anyhow!(
+            "{}: the JPEG scan data is damaged or cut short ({e})",
+            path.display()
+        )
+    })?;
+    Ok(())
 }
 
 /// Loads a folder of class subfolders (sorted by name; hidden files skipped). Without

@@ -347,6 +347,12 @@ pub fn import_npy(path: &Path) -> Result<Palette> {
             "{}: non-finite value in palette .npy",
             path.display()
         );
+        // A little past ±1 is rounding; 0..255 centres would all clamp to white.
+        ensure!(
+            x.abs() <= 1.001,
+            "{}: value {x} is outside OpenAI's range [-1, 1] (centres in 0..255 must be scaled to c / 127.5 - 1)",
+            path.display()
+        );
         centres.push((127.5 * (x + 1.0)).round().clamp(0.0, 255.0) as u8);
     }
     Ok(Palette::new(c, &centres)?)

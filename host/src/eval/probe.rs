@@ -312,7 +312,7 @@ pub fn run_spec(spec: &ProbeSpec, show_progress: bool) -> Result<ProbeOutcome> {
 
 fn note(what: &str, r: &LayerResult) -> String {
     format!(
-        "{what}: test accuracy {:.2}% (L2 {:e} by {}: validation loss {:.4}, accuracy {:.2}%{}; {} L-BFGS iterations, |grad| {:.1e})",
+        "{what}: test accuracy {:.2}% (L2 {:.2e} by {}: validation loss {:.4}, accuracy {:.2}%{}; {} L-BFGS iterations, |grad| {:.1e})",
         100.0 * r.test_accuracy,
         r.l2,
         r.selection.validation.describe(),
@@ -363,6 +363,12 @@ pub fn run_spec_on<D: crate::nn::device::ModelDevice>(
     }
     if let Some(k) = spec.labels_per_class {
         ensure!(k > 0, "--labels-per-class must be positive");
+    }
+    crate::data::ensure_two_splits(&spec.data, "the probe's test accuracy")?;
+    // The folder is this process's until the end; its outputs can be written.
+    let _lock = crate::io::lock::RunLock::acquire(&spec.out)?;
+    for name in OUTPUTS {
+        crate::io::check_output(&spec.out.join(name))?;
     }
     let ck = match &spec.checkpoint {
         Some(p) => Some(crate::io::checkpoint::Checkpoint::load(p)?),
@@ -450,6 +456,17 @@ pub fn run_spec_on<D: crate::nn::device::ModelDevice>(
         classes.len()
     );
     let n_classes = classes.len();
+    ensure!(
+        n_classes <= igpt_core::format::MAX_CLASSES,
+        "{}: {n_classes} classes; a probe head holds at most {} (what an int8 model file can carry)",
+        spec.data.display(),
+        igpt_core::format::MAX_CLASSES
+    );
+    ensure!(
+        !te.labels.is_empty(),
+        "{}: no test images to measure the probe on",
+        spec.data.display()
+    );
     let mut out = ProbeOutcome {
         layers: Vec::new(),
         best: None,
@@ -559,9 +576,27 @@ fn head(layer: ProbeLayer, classes: &[String], r: &LayerResult) -> ProbeHead {
     }
 }
 
+/// The files a probe writes in its folder (an earlier probe's that this one does not
+/// write are removed, so that none is taken for this probe's).
+const OUTPUTS: [&str; 4] = [
+    "probe.json",
+    "probe-head.json",
+    "probe-head-concat.json",
+    "probe.png",
+];
+
+/// Writes a probe's files together ([`crate::io::write_together`]): a failure replaces
+/// none of an earlier probe's.
 fn write_outputs(spec: &ProbeSpec, o: &ProbeOutcome, classes: &[String]) -> Result<()> {
-    std::fs::create_dir_all(&spec.out)
-        .with_context(|| format!("{}: cannot create", spec.out.display()))?;
+    crate::io::write_together(|| {
+        for name in OUTPUTS {
+            crate::io::remove_output(&spec.out.join(name))?;
+        }
+        write_probe_files(spec, o, classes)
+    })
+}
+
+fn write_probe_files(spec: &ProbeSpec, o: &ProbeOutcome, classes: &[String]) -> Result<()> {
     let raw = o.raw.as_ref().map(|(r, (side, channels))| {
         let mut e = entry("raw_pixels", &ProbeLayer::RawPixels, r);
         e["side"] = (*side).into();

@@ -47,6 +47,28 @@ pub fn probe_head(model: &Model<'_>) -> Option<ProbeHead> {
     })
 }
 
+/// The class head of a fine-tuned checkpoint as a probe head: fine-tuning classifies the
+/// mean over positions of the final norm output (probe layer L) with `score.weight` and
+/// no bias, which is a probe head with identity standardisation and zero biases. Class
+/// names come from the checkpoint (numbers for files written before they were kept).
+pub fn class_head(ck: &Checkpoint) -> Option<ProbeHead> {
+    let score = ck.params.score.as_ref()?;
+    let (c, d) = (score.rows, score.cols);
+    let classes = match &ck.classes {
+        Some(names) => names.clone(),
+        None => (0..c).map(|i| i.to_string()).collect(),
+    };
+    Some(ProbeHead {
+        layer: crate::io::probe_head::ProbeLayer::Layer(ck.config.layers),
+        classes,
+        mean: vec![0.0; d],
+        std: vec![1.0; d],
+        weight: score.data.clone(),
+        bias: vec![0.0; c],
+        seeded: false,
+    })
+}
+
 /// Little-endian f32 bytes (the model file's gains and probe arrays) as values.
 fn le_f32s(b: &[u8]) -> Vec<f32> {
     (0..b.len() / 4)

@@ -17,6 +17,7 @@ use std::path::Path;
 /// the file's bytes, the number of correct predictions and the number of images.
 pub fn test_vectors(
     model: &Model<'_>,
+    model_path: &Path,
     data: &Path,
     count: usize,
 ) -> Result<(Vec<u8>, usize, usize)> {
@@ -38,11 +39,61 @@ pub fn test_vectors(
         let mut s = buf.scratch(&c)?;
         let p = classify(model, &mut ops, t, &mut s)?;
         correct += (p.class == label as usize) as usize;
+        ensure_finite_probs(&p, model_path)?;
         let prob = p.probs.get(p.class).copied().unwrap_or(0.0);
         w.push(t, label, p.class as u16, prob)?;
     }
     w.finish()?;
     Ok((out, correct, set.len()))
+}
+
+/// Refuses a prediction whose probabilities are not all finite (a probe head or weights
+/// of absurd size), naming the model file.
+pub fn ensure_finite_probs(p: &Prediction, model_path: &Path) -> Result<()> {
+    anyhow::ensure!(
+        p.probs.iter().all(|x| x.is_finite()),
+        "{}: the model gives non-finite class probabilities (its probe head or weights hold values too large for the arithmetic)",
+        model_path.display()
+    );
+    Ok(())
+}
+
+/// Refuses a checkpoint that is not the source of a model file: each stored tensor of the
+/// file, dequantized, must lie within 2% of the checkpoint's tensor's largest magnitude
+/// (int8 rounding moves a weight by at most 0.4% of its row's largest).
+pub fn ensure_exported_from(model: &Model<'_>, ck: &Checkpoint) -> Result<()> {
+    anyhow::ensure!(
+        ck.config == *model.config(),
+        "the checkpoint's shape ({:?}) differs from the model file's ({:?})",
+        ck.config,
+        model.config()
+    );
+    let twin = Checkpoint::from_model(&dequantized(model)?, None);
+    let stored = model.stored_layers();
+    for (name, q) in twin.params.iter() {
+        let compared = match name {
+            crate::nn::ParamName::Wte | crate::nn::ParamName::Wpe => true,
+            crate::nn::ParamName::Block(l, _) => l < stored,
+            _ => false,
+        };
+        let Some((_, w)) = ck.params.iter().find(|(n, _)| *n == name) else {
+            continue;
+        };
+        if !compared || w.data.len() != q.data.len() {
+            continue;
+        }
+        let top = w.data.iter().fold(0f32, |m, x| m.max(x.abs()));
+        let off = w
+            .data
+            .iter()
+            .zip(&q.data)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        anyhow::ensure!(
+            off <= 0.02 * top + 1e-6,
+            "the checkpoint is not the model file's source: {name} differs by {off:.3e} (its largest weight is {top:.3e}); pass the checkpoint it was exported from",
+        );
+    }
+    Ok(())
 }
 
 /// Classifies every image with the core (in parallel, one scratch per task).
@@ -113,6 +164,12 @@ pub struct EvalReport {
     pub agreement: Option<f64>,
     /// Bits per dim of int8 / f32 on the NLL images (AR models with a head).
     pub bits: Option<(f64, Option<f64>)>,
+    /// False when an int8 prediction had a non-finite probability.
+    pub int8_finite: bool,
+    /// With the checkpoint: false when an f32 class score was not finite.
+    pub f32_finite: Option<bool>,
+    /// The data's class names (to check against the model's).
+    pub classes: Vec<String>,
 }
 
 /// int8 accuracy on the test split; with the f32 checkpoint (and the probe head exported
@@ -158,6 +215,9 @@ pub fn eval(
         f32_accuracy: None,
         agreement: None,
         bits: None,
+        int8_finite: preds.iter().all(|p| p.probs.iter().all(|x| x.is_finite())),
+        f32_finite: None,
+        classes: ds.classes.clone(),
     };
     let nll_set = &images[..nll_images.min(images.len())];
     let bits8 = if model.has_head() && model.causal() && !nll_set.is_empty() {
@@ -174,13 +234,16 @@ pub fn eval(
         let gpt: Gpt<f32, Cpu> = ck.model(&Cpu::default())?;
         let causal = ck.objective() == crate::nn::Objective::Ar;
         let feats = f32_features(&gpt, images, layer, causal, show);
+        let mut finite = true;
         let p32: Vec<usize> = feats
             .iter()
             .map(|f| {
                 let s = head.scores(f);
+                finite &= s.iter().all(|x| x.is_finite());
                 (0..s.len()).fold(0, |b, i| if s[i] > s[b] { i } else { b })
             })
             .collect();
+        report.f32_finite = Some(finite);
         report.f32_accuracy = Some(acc(&p32));
         report.agreement = Some(
             p8.iter().zip(&p32).filter(|(a, b)| a == b).count() as f64 / p8.len().max(1) as f64,

@@ -98,10 +98,17 @@ pub struct Checkpoint {
     pub pretrain: Option<PretrainArgs>,
     /// The fine-tuning run's arguments, for a fine-tuned model.
     pub finetune: Option<FinetuneArgs>,
+    /// The class head's class names, in the order of `score.weight`'s rows (fine-tuned
+    /// models; older files have none).
+    pub classes: Option<Vec<String>>,
     /// Training state: of the pretraining run, or of the fine-tuning run when
     /// `finetune` is set.
     pub state: Option<TrainState>,
 }
+
+/// The largest weight magnitude a checkpoint may hold: far above any trained model's
+/// (well under 100), far below what overflows f32 activations through a few layers.
+pub const MAX_ABS_WEIGHT: f32 = 1e6;
 
 impl Checkpoint {
     /// The weights of a model (no run metadata, no training state).
@@ -126,6 +133,7 @@ impl Checkpoint {
             }),
             pretrain: None,
             finetune: None,
+            classes: None,
             state: None,
         }
     }
@@ -138,8 +146,9 @@ impl Checkpoint {
         Gpt::from_values(dev, self.config, &values).map_err(|e| anyhow!("checkpoint: {e}"))
     }
 
-    /// A valid checksum proves integrity, not sanity: the math needs finite weights and
-    /// moments, and non-negative second moments.
+    /// A valid checksum proves integrity, not sanity: the math needs finite weights of a
+    /// sane size (at most [`MAX_ABS_WEIGHT`]), finite moments, and non-negative second
+    /// moments.
     pub fn check_finite(&self) -> Result<()> {
         let bad = |p: &GptParams<Mat>, ok: fn(f32) -> bool| {
             p.iter()
@@ -148,6 +157,11 @@ impl Checkpoint {
         };
         if let Some(n) = bad(&self.params, f32::is_finite) {
             bail!("{n} holds NaN or infinite values");
+        }
+        if let Some(n) = bad(&self.params, |x| x.abs() <= MAX_ABS_WEIGHT) {
+            bail!(
+                "{n} holds weights beyond ±{MAX_ABS_WEIGHT:e}, too large for the forward pass to stay finite"
+            );
         }
         if let Some(t) = &self.state {
             if let Some(n) = bad(&t.m, f32::is_finite) {
@@ -228,6 +242,9 @@ impl Checkpoint {
         }
         if let Some(a) = &self.finetune {
             put("finetune_args", serde_json::to_string(a)?);
+        }
+        if let Some(c) = &self.classes {
+            put("classes", serde_json::to_string(c)?);
         }
         if let Some(t) = &self.state {
             put("step", t.step.to_string());
@@ -362,9 +379,10 @@ impl Checkpoint {
             let (rows, cols) = name.shape(&config, classes.unwrap_or(0));
             let full = format!("{prefix}{name}");
             let (shape, data) = f32_tensor(&st, &full)?;
-            let n: usize = shape.iter().product();
+            // Exactly the expected shape: [rows, cols], or [cols] for a vector (the same
+            // element count in another arrangement, e.g. a transposed head, is refused).
             ensure!(
-                n == rows * cols && shape.len() <= 2 && (shape.len() == 2 || rows == 1),
+                shape == [rows, cols] || (rows == 1 && shape == [cols]),
                 "{full} has shape {shape:?}, expected [{rows}, {cols}]"
             );
             Ok(Mat { rows, cols, data })
@@ -381,6 +399,17 @@ impl Checkpoint {
         let finetune: Option<FinetuneArgs> = json("finetune_args")?
             .map(|v| serde_json::from_value(v).map_err(|e| anyhow!("finetune_args: {e}")))
             .transpose()?;
+        let class_names: Option<Vec<String>> = json("classes")?
+            .map(|v| serde_json::from_value(v).map_err(|e| anyhow!("classes: {e}")))
+            .transpose()?;
+        if let Some(names) = &class_names {
+            ensure!(
+                Some(names.len()) == classes,
+                "{} class names for a class head of {} classes",
+                names.len(),
+                classes.unwrap_or(0)
+            );
+        }
         let state = match meta.get("step") {
             None => None,
             Some(step) => {
@@ -424,6 +453,7 @@ impl Checkpoint {
             params,
             pretrain,
             finetune,
+            classes: class_names,
             state,
         };
         let mut crc = Crc::default();

@@ -133,6 +133,9 @@ fn expect_shape(name: &str, got: &[usize], want: &[usize]) -> Result<()> {
 fn check_zero_bias(st: &SafeTensors, name: &str) -> Result<()> {
     if st.names().contains(&name) {
         let (_, b) = weight_tensor(st, name)?;
+        if let Some(x) = b.iter().find(|x| !x.is_finite()) {
+            bail!("{name} holds {x}; iGPT has no biases (they must be zero)");
+        }
         let max = b.iter().fold(0f32, |m, x| m.max(x.abs()));
         if max != 0.0 {
             bail!("{name} is non-zero (max |b| = {max:e}); iGPT has no biases and this model would not be reproduced");
@@ -209,14 +212,18 @@ pub fn import(config: Config, weights: &[u8]) -> Result<Checkpoint> {
         };
         Ok(Mat { rows, cols, data })
     })?;
-    Ok(Checkpoint {
+    let ck = Checkpoint {
         config,
         palette: None,
         params,
         pretrain: None,
         finetune: None,
+        classes: None,
         state: None,
-    })
+    };
+    // What every later command would refuse is refused here, before anything is written.
+    ck.check_finite()?;
+    Ok(ck)
 }
 
 /// Reads `config.json` and `model.safetensors` from disk.

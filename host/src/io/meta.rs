@@ -92,10 +92,19 @@ pub struct FinetuneArgs {
     pub steps: u64,
     /// Images per step.
     pub batch: usize,
-    /// Peak learning rate of the transformer (warmup then cosine).
+    /// Peak learning rate of the transformer.
     pub lr: f64,
     /// Warmup steps.
     pub warmup: u64,
+    /// After the warmup: cosine decay to 0, or constant (files from before the option:
+    /// cosine).
+    #[serde(default)]
+    pub schedule: Schedule,
+    /// Augment the training images (a random shift of up to one pixel, the uncovered edge
+    /// filled with the background colour, and a random horizontal flip), before
+    /// tokenizing.
+    #[serde(default)]
+    pub augment: bool,
     /// The class head's learning rate as a multiple of `lr`.
     pub head_lr_scale: f64,
     /// Weight of the generative loss: `loss = gen_weight · L_gen + L_clf`.
@@ -113,6 +122,17 @@ pub struct FinetuneArgs {
     pub test_images: usize,
     /// Seed of the split, the head's start and the data order.
     pub seed: u64,
+}
+
+/// What the learning rate does after the warmup (`train::schedule` computes it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Schedule {
+    /// Cosine decay to 0 at the last step.
+    #[default]
+    Cosine,
+    /// The peak rate until the last step.
+    Constant,
 }
 
 /// A path made absolute and free of `.`/`..`/links where it exists, so that `data` and

@@ -1,22 +1,195 @@
 //! Files: checkpoints ([`checkpoint`]), the typed run metadata inside them ([`meta`]),
 //! probe heads ([`probe_head`]), HuggingFace import ([`hf`]) and export ([`hf_export`]),
-//! plots ([`plot`]) and PNGs, and the output-path guard ([`guard`]).
+//! plots ([`plot`]) and PNGs, the output-path guard ([`guard`]) and the run lock
+//! ([`lock`]).
 //!
 //! Every file the host writes goes through [`write_atomic`] (a temporary file in the same
-//! folder, then a rename), so an interrupted run never leaves a half-written checkpoint,
-//! palette or plot in place of a good one.
+//! folder, then a rename, then a sync of the folder), so an interrupted run never leaves
+//! a half-written checkpoint, palette or plot in place of a good one. A command that
+//! writes several files runs inside [`write_together`]: its writes are held until it
+//! succeeds, then written as temporaries and renamed together, so a command that fails
+//! replaces none of its earlier outputs.
 
 pub mod checkpoint;
 pub mod guard;
 pub mod hf;
 pub mod hf_export;
+pub mod interrupt;
+pub mod lock;
 pub mod meta;
 pub mod plot;
 pub mod probe_head;
 
 use anyhow::{Context, Result};
+use std::cell::RefCell;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// One held output of [`write_together`]: the bytes to write, or `None` to remove a file
+/// a previous run of the command left and this one does not write.
+type Held = (PathBuf, Option<Vec<u8>>);
+
+thread_local! {
+    /// The outputs held by the [`write_together`] running on this thread, if any.
+    static HELD: RefCell<Option<Vec<Held>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with every [`write_atomic`] (and [`remove_output`]) of this thread held
+/// back; when `f` succeeds, writes them all as temporaries, then renames them into place.
+/// When `f` fails, or one temporary cannot be written, nothing is written or removed.
+/// Each held path is checked ([`check_output`]) when it is written by `f`. Nested calls
+/// join the outermost one.
+pub fn write_together<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+    let outermost = HELD.with(|h| {
+        let mut h = h.borrow_mut();
+        let free = h.is_none();
+        if free {
+            *h = Some(Vec::new());
+        }
+        free
+    });
+    if !outermost {
+        return f();
+    }
+    let result = f();
+    let held = HELD.with(|h| h.borrow_mut().take()).unwrap_or_default();
+    let value = result?;
+    commit(&held)?;
+    Ok(value)
+}
+
+/// Holds `entry` when a [`write_together`] runs on this thread (replacing an earlier
+/// entry of the same path); gives it back otherwise.
+fn hold(entry: Held) -> Option<Held> {
+    HELD.with(|h| match h.borrow_mut().as_mut() {
+        Some(list) => {
+            list.retain(|(p, _)| p != &entry.0);
+            list.push(entry);
+            None
+        }
+        None => Some(entry),
+    })
+}
+
+/// Writes held outputs: every temporary first (removed again if one fails), then the
+/// renames, the removals, and a sync of each folder.
+fn commit(held: &[Held]) -> Result<()> {
+    let mut staged: Vec<(interrupt::Temporary, &Path)> = Vec::new();
+    let mut in_place: Vec<(&Path, &[u8])> = Vec::new();
+    for (path, bytes) in held {
+        let Some(bytes) = bytes else { continue };
+        let step = if is_special(path) {
+            in_place.push((path, bytes));
+            Ok(())
+        } else {
+            write_temporary(path, bytes).map(|tmp| staged.push((tmp, path)))
+        };
+        // On failure the temporaries staged so far are removed as they drop.
+        step?;
+    }
+    let mut dirs: Vec<&Path> = staged.iter().map(|(_, p)| folder_of(p)).collect();
+    for (tmp, path) in staged {
+        tmp.rename_to(path)
+            .with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    for (path, bytes) in in_place {
+        write_atomic(path, bytes)?;
+    }
+    for (path, bytes) in held {
+        if bytes.is_none() {
+            remove_leftover(path)?;
+        }
+    }
+    dirs.dedup();
+    for d in dirs {
+        sync_folder(d);
+    }
+    Ok(())
+}
+
+/// Removes `path` if it is a file: an output of an earlier run of a command that this
+/// run does not write (so that it is not taken for one of this run's). Inside
+/// [`write_together`], held until the other outputs are written.
+pub fn remove_output(path: &Path) -> Result<()> {
+    match hold((path.to_path_buf(), None)) {
+        None => Ok(()),
+        Some(_) => remove_leftover(path),
+    }
+}
+
+fn remove_leftover(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(md) if md.is_file() => std::fs::remove_file(path)
+            .with_context(|| format!("{}: cannot remove this earlier output", path.display())),
+        _ => Ok(()),
+    }
+}
+
+/// Checks that `path` can be written as an output: not a folder, in a folder that
+/// exists (and, on Unix, is writable). Commands call it for every output before their
+/// first write.
+pub fn check_output(path: &Path) -> Result<()> {
+    if let Ok(md) = std::fs::metadata(path) {
+        anyhow::ensure!(!md.is_dir(), "{}: is a folder, not a file", path.display());
+        if !md.is_file() {
+            return Ok(());
+        }
+    }
+    let dir = folder_of(path);
+    let md = std::fs::metadata(dir).map_err(|_| {
+        anyhow::anyhow!(
+            "{}: the folder {} does not exist",
+            path.display(),
+            dir.display()
+        )
+    })?;
+    anyhow::ensure!(
+        md.is_dir(),
+        "{}: {} is not a folder",
+        path.display(),
+        dir.display()
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        if let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) {
+            // Safety: a NUL-terminated path; access only reads it.
+            let ok = unsafe { libc::access(c.as_ptr(), libc::W_OK) } == 0;
+            anyhow::ensure!(
+                ok,
+                "{}: the folder {} is not writable",
+                path.display(),
+                dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The folder a file path is in (`.` for a bare name).
+fn folder_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// An existing target that is not a regular file or folder (`/dev/null`, a FIFO): written
+/// in place, never replaced.
+fn is_special(path: &Path) -> bool {
+    std::fs::metadata(path).is_ok_and(|md| !md.is_dir() && !md.is_file())
+}
+
+/// Syncs a folder, so that a rename into it survives a power cut (best effort: some
+/// file systems refuse to sync a folder).
+fn sync_folder(dir: &Path) {
+    #[cfg(unix)]
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+}
 
 /// Writes `bytes` to `path` atomically: a temp file beside it, flushed and synced, then
 /// renamed over `path`. A target that exists and is not a regular file (a character
@@ -27,38 +200,47 @@ use std::path::Path;
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     if let Ok(md) = std::fs::metadata(path) {
         anyhow::ensure!(!md.is_dir(), "{}: is a folder, not a file", path.display());
-        if !md.is_file() {
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(path)
-                .with_context(|| format!("{}: cannot write", path.display()))?;
-            return f
-                .write_all(bytes)
-                .and_then(|_| f.flush())
-                .with_context(|| format!("{}: cannot write", path.display()));
-        }
     }
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    if HELD.with(|h| h.borrow().is_some()) {
+        check_output(path)?;
+        hold((path.to_path_buf(), Some(bytes.to_vec())));
+        return Ok(());
+    }
+    if is_special(path) {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path)
+            .with_context(|| format!("{}: cannot write", path.display()))?;
+        return f
+            .write_all(bytes)
+            .and_then(|_| f.flush())
+            .with_context(|| format!("{}: cannot write", path.display()));
+    }
+    write_temporary(path, bytes)?
+        .rename_to(path)
+        .with_context(|| format!("{}: cannot write", path.display()))?;
+    sync_folder(folder_of(path));
+    Ok(())
+}
+
+/// Writes `bytes` to a new temporary beside `path` (flushed and synced) and returns it;
+/// removes the temporaries of `path` that killed processes left.
+fn write_temporary(path: &Path, bytes: &[u8]) -> Result<interrupt::Temporary> {
+    let dir = folder_of(path);
     let name = path
         .file_name()
         .with_context(|| format!("{}: not a file path", path.display()))?;
     let prefix = temp_prefix(&name.to_string_lossy());
     remove_stale_temporaries(dir, &prefix);
-    let tmp = dir.join(format!("{prefix}{}.tmp", std::process::id()));
+    let tmp = interrupt::Temporary::new(dir.join(format!("{prefix}{}.tmp", std::process::id())));
     let result = (|| -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::File::create(tmp.path())?;
         f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        f.sync_all()
     })();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("{}: cannot write", path.display()));
-    }
-    Ok(())
+    // On failure the temporary is removed as it drops.
+    result.with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(tmp)
 }
 
 /// The start of a target's temporary names (`.{name}.`, then the pid and `.tmp`): a

@@ -81,8 +81,8 @@ fn tick(v: f64, span: f64) -> String {
 /// Where a plot's legend goes.
 pub use plotters::chart::SeriesLabelPosition as Legend;
 
-/// Writes a line plot as PNG (atomically), the legend at the upper right. Non-finite
-/// points are skipped.
+/// Writes a line plot as PNG (atomically), the legend in the corner the lines leave
+/// free. Non-finite points are skipped.
 pub fn line_plot(
     path: &Path,
     title: &str,
@@ -90,7 +90,83 @@ pub fn line_plot(
     ylabel: &str,
     series: &[Series],
 ) -> Result<()> {
-    line_plot_at(path, title, xlabel, ylabel, series, Legend::UpperRight)
+    let (x, y) = ranges(series);
+    let legend = free_corner(series, x, y);
+    line_plot_at(path, title, xlabel, ylabel, series, legend)
+}
+
+/// The finite points of a series.
+fn finite(s: &Series) -> Vec<(f64, f64)> {
+    s.points
+        .iter()
+        .copied()
+        .filter(|p| p.0.is_finite() && p.1.is_finite())
+        .collect()
+}
+
+/// True when every x is a whole number and there are few of them (layers, epochs): the
+/// x axis then gets integer ticks.
+fn integer_x(series: &[Series]) -> bool {
+    let xs: Vec<f64> = series.iter().flat_map(finite).map(|p| p.0).collect();
+    !xs.is_empty() && xs.iter().all(|x| x.fract() == 0.0 && x.abs() <= 1e6) && {
+        let (lo, hi) = range(xs.iter().copied(), 0.0);
+        hi - lo <= 40.0
+    }
+}
+
+/// The x and y ranges of the plot: the points' range, padded so that markers at the ends
+/// are drawn whole.
+fn ranges(series: &[Series]) -> ((f64, f64), (f64, f64)) {
+    let pts = || series.iter().flat_map(finite);
+    let x_pad = if series.iter().any(|s| s.markers) {
+        0.04
+    } else {
+        0.0
+    };
+    (
+        range(pts().map(|p| p.0), x_pad),
+        range(pts().map(|p| p.1), 0.06),
+    )
+}
+
+/// The corner whose legend-sized box (a third of the width, a tenth of the height per
+/// series) the lines cross least, points sampled along each segment; upper right first
+/// on ties.
+fn free_corner(series: &[Series], (x0, x1): (f64, f64), (y0, y1): (f64, f64)) -> Legend {
+    let mut samples = Vec::new();
+    for s in series {
+        for w in finite(s).windows(2) {
+            for i in 0..=16 {
+                let t = i as f64 / 16.0;
+                samples.push((
+                    w[0].0 + t * (w[1].0 - w[0].0),
+                    w[0].1 + t * (w[1].1 - w[0].1),
+                ));
+            }
+        }
+        samples.extend(finite(s));
+    }
+    let (bw, bh) = (0.36, (0.08 * series.len() as f64 + 0.04).min(0.5));
+    let norm = |(x, y): (f64, f64)| ((x - x0) / (x1 - x0), (y - y0) / (y1 - y0));
+    let crossings = |left: bool, top: bool| {
+        samples
+            .iter()
+            .map(|&p| norm(p))
+            .filter(|&(u, v)| {
+                (if left { u <= bw } else { u >= 1.0 - bw })
+                    && (if top { v >= 1.0 - bh } else { v <= bh })
+            })
+            .count()
+    };
+    [
+        (Legend::UpperRight, crossings(false, true)),
+        (Legend::UpperLeft, crossings(true, true)),
+        (Legend::LowerRight, crossings(false, false)),
+        (Legend::LowerLeft, crossings(true, false)),
+    ]
+    .into_iter()
+    .min_by_key(|c| c.1)
+    .map_or(Legend::UpperRight, |c| c.0)
 }
 
 /// [`line_plot`] with the legend at `legend`.
@@ -108,15 +184,8 @@ pub fn line_plot_at(
     {
         let root = BitMapBackend::with_buffer(&mut px, (W, H)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| err(&e))?;
-        let finite = |s: &Series| {
-            s.points
-                .iter()
-                .copied()
-                .filter(|p| p.0.is_finite() && p.1.is_finite())
-                .collect::<Vec<_>>()
-        };
-        let (x0, x1) = range(series.iter().flat_map(&finite).map(|p| p.0), 0.0);
-        let (y0, y1) = range(series.iter().flat_map(&finite).map(|p| p.1), 0.05);
+        let ((x0, x1), (y0, y1)) = ranges(series);
+        let whole = integer_x(series);
         let mut chart = ChartBuilder::on(&root)
             .caption(title, (FAMILY, 22))
             .margin(12)
@@ -132,7 +201,20 @@ pub fn line_plot_at(
             .axis_desc_style((FAMILY, 16))
             .light_line_style(RGBColor(245, 245, 245))
             .max_light_lines(2)
-            .x_label_formatter(&|v| tick(*v, x1 - x0))
+            .x_labels(if whole {
+                (x1 - x0).ceil() as usize + 1
+            } else {
+                10
+            })
+            .x_label_formatter(&|v| {
+                if !whole {
+                    tick(*v, x1 - x0)
+                } else if (v - v.round()).abs() < 1e-6 {
+                    format!("{:.0}", v.round())
+                } else {
+                    String::new()
+                }
+            })
             .y_label_formatter(&|v| tick(*v, y1 - y0))
             .draw()
             .map_err(|e| err(&e))?;
@@ -169,6 +251,45 @@ pub fn line_plot_at(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn line(points: Vec<(f64, f64)>, markers: bool) -> Series {
+        Series {
+            label: "s".into(),
+            points,
+            color: COLORS[0],
+            markers,
+        }
+    }
+
+    #[test]
+    fn the_legend_goes_where_the_lines_are_not() {
+        let rising = [line(vec![(0.0, 0.0), (10.0, 10.0)], false)];
+        let (x, y) = ranges(&rising);
+        assert!(matches!(free_corner(&rising, x, y), Legend::UpperLeft));
+        let falling = [line(vec![(0.0, 10.0), (10.0, 0.0)], false)];
+        let (x, y) = ranges(&falling);
+        assert!(matches!(free_corner(&falling, x, y), Legend::UpperRight));
+        // A curve high everywhere but in the lower right.
+        let high = [line(
+            vec![(0.0, 9.0), (5.0, 10.0), (8.0, 9.0), (10.0, 0.0)],
+            false,
+        )];
+        let (x, y) = ranges(&high);
+        assert!(matches!(free_corner(&high, x, y), Legend::LowerLeft));
+    }
+
+    #[test]
+    fn layers_get_integer_ticks_and_end_markers_fit() {
+        let layers = [line((0..7).map(|l| (l as f64, 80.0)).collect(), true)];
+        assert!(integer_x(&layers));
+        let ((x0, x1), _) = ranges(&layers);
+        assert!(
+            x0 < 0.0 && x1 > 6.0,
+            "markers at 0 and 6 are inside ({x0}, {x1})"
+        );
+        assert!(!integer_x(&[line(vec![(0.5, 1.0), (1.0, 2.0)], false)]));
+        assert!(!integer_x(&[line(vec![(0.0, 1.0), (6000.0, 2.0)], false)]));
+    }
 
     #[test]
     fn writes_a_png_with_text_and_the_series() {

@@ -72,6 +72,12 @@ impl<'de> Deserialize<'de> for ProbeLayer {
     }
 }
 
+/// The smallest standard deviation a head may hold (the probe's standardiser replaces
+/// smaller ones by 1).
+pub const MIN_STD: f32 = 1e-12;
+/// The largest magnitude of a head's means, standard deviations, weights and biases.
+pub const MAX_ABS_VALUE: f32 = 1e6;
+
 /// A linear-probe head: standardise the feature, then `W·z + b`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProbeHead {
@@ -98,6 +104,11 @@ impl ProbeHead {
         let c = self.classes.len();
         ensure!(c > 0, "no classes");
         ensure!(
+            c <= igpt_core::format::MAX_CLASSES,
+            "{c} classes; a probe head holds at most {} (what an int8 model file can carry)",
+            igpt_core::format::MAX_CLASSES
+        );
+        ensure!(
             self.mean.len() == d && self.std.len() == d,
             "standardisation has {} values, the feature width is {d}",
             self.mean.len()
@@ -117,6 +128,22 @@ impl ProbeHead {
                 .chain(&self.bias)
                 .all(|x| x.is_finite()),
             "non-finite values in the mean, weights or biases"
+        );
+        // Finite but absurd values overflow the scores (p = NaN): the fit never makes a
+        // standard deviation below 1e-12 (it uses 1 instead) or values near these bounds.
+        ensure!(
+            self.std
+                .iter()
+                .all(|s| (MIN_STD..=MAX_ABS_VALUE).contains(s)),
+            "a standard deviation is outside {MIN_STD:e}..={MAX_ABS_VALUE:e}"
+        );
+        ensure!(
+            self.mean
+                .iter()
+                .chain(&self.weight)
+                .chain(&self.bias)
+                .all(|x| x.abs() <= MAX_ABS_VALUE),
+            "a mean, weight or bias is beyond ±{MAX_ABS_VALUE:e}"
         );
         ensure!(
             self.classes.iter().all(|s| !s.contains('\n')),

@@ -11,6 +11,7 @@
 //! at the end, `finetune.json`.
 
 use super::adamw::AdamW;
+use super::augment::augment;
 use super::batch;
 use super::distributed::{Collective, DataParallel, Fingerprint, Shard};
 use super::trainer::{self, Curve, LogRow, Loss, RunFiles, Settings, Start, Task, Throughput};
@@ -27,6 +28,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 /// What a fine-tuning run reports (also `finetune.json`).
@@ -136,12 +138,23 @@ fn accuracy<D: ModelDevice>(
     Ok(right[0] / images.len().max(1) as f64)
 }
 
+/// The padding token of `--augment` (the palette's colour nearest black, the border a
+/// pad-and-crop adds), or `None` without augmentation.
+fn augment_fill(cfg: &FinetuneArgs, palette: &Palette) -> Option<u16> {
+    let black = vec![0u8; palette.channels()];
+    cfg.augment.then(|| palette.nearest_with_distance(&black).0)
+}
+
 /// Fine-tuning as a [`Task`] of the training loop.
 struct Finetune<'a> {
     cfg: &'a FinetuneArgs,
     source: &'a Checkpoint,
     palette: Palette,
     objective: Objective,
+    /// The class names, in the order of the head's rows.
+    classes: Vec<String>,
+    /// The background colour's token when the training images are augmented.
+    fill: Option<u16>,
     fit_x: Vec<Vec<u16>>,
     fit_y: Vec<u16>,
     val_x: Vec<Vec<u16>>,
@@ -169,17 +182,27 @@ impl<D: ModelDevice> Task<D> for Finetune<'_> {
         let mut pick: Vec<usize> = (0..global)
             .map(|_| rng.gen_range(0..self.fit_x.len()))
             .collect();
-        let all: Vec<&[u16]> = pick.iter().map(|&i| self.fit_x[i].as_slice()).collect();
+        // Every rank draws the whole batch's augmentations, so the ranks stay in step.
+        let side = self.source.config.side;
+        let mut images: Vec<Cow<[u16]>> = pick
+            .iter()
+            .map(|&i| match self.fill {
+                Some(fill) => Cow::Owned(augment(&self.fit_x[i], side, fill, rng)),
+                None => Cow::Borrowed(self.fit_x[i].as_slice()),
+            })
+            .collect();
+        let all: Vec<&[u16]> = images.iter().map(|x| x.as_ref()).collect();
         let mut mb = batch::make_batch(&all, gpt.config.sos(), self.objective, rng);
         if !shard.is_whole() {
             // This rank's rows; L_gen keeps the global batch's weights, L_clf is summed
             // over the rows and divided by the global batch below.
             let rows = shard.range(global);
             mb = mb.rows(rows.clone());
-            pick = pick[rows].to_vec();
+            pick = pick[rows.clone()].to_vec();
+            images = images.drain(rows).collect();
         }
         let b = pick.len();
-        let imgs: Vec<&[u16]> = pick.iter().map(|&i| self.fit_x[i].as_slice()).collect();
+        let imgs: Vec<&[u16]> = images.iter().map(|x| x.as_ref()).collect();
         // L_gen on the objective's batch, L_clf on the clean images. For AR both read the
         // same input, so one forward pass serves both losses.
         let (l_gen, logits) = if causal {
@@ -221,6 +244,7 @@ impl<D: ModelDevice> Task<D> for Finetune<'_> {
         let mut ck = Checkpoint::from_model(gpt, Some(self.palette.clone()));
         ck.pretrain = self.source.pretrain.clone();
         ck.finetune = Some(self.cfg.clone());
+        ck.classes = Some(self.classes.clone());
         ck
     }
     fn lr_scale(&self, name: ParamName) -> f64 {
@@ -240,12 +264,14 @@ impl<D: ModelDevice> Task<D> for Finetune<'_> {
                     ("train_gen_bpd", "L_gen (bits/dim)"),
                     ("train_clf_nats", "L_clf (nats)"),
                 ],
+                scale: 1.0,
             },
             Curve {
                 file: "accuracy.png",
                 title: "Fine-tuning validation accuracy",
-                y_label: "accuracy",
+                y_label: "accuracy (%)",
                 columns: vec![("val_accuracy", "validation")],
+                scale: 100.0,
             },
         ]
     }
@@ -329,6 +355,7 @@ pub fn finetune_parallel<D: ModelDevice>(
         state: state_path(out),
         best: Some(checkpoint_path(out)),
     };
+    let _lock = trainer::claim_folder(out, comm)?;
     let saved = if resume {
         let ck = Checkpoint::load(&files.state)?;
         let args = ck.finetune.as_ref().with_context(|| {
@@ -359,6 +386,7 @@ pub fn finetune_parallel<D: ModelDevice>(
     let objective = source.objective();
     let causal = objective == Objective::Ar;
     let side = source.config.side;
+    crate::data::ensure_two_splits(&cfg.data, "the test accuracy")?;
     let train = tokenize::split(&cfg.data, Split::Train, &palette, side, cfg.train_images)?;
     let test = tokenize::split(&cfg.data, Split::Test, &palette, side, cfg.test_images)?;
     ensure!(
@@ -403,11 +431,14 @@ pub fn finetune_parallel<D: ModelDevice>(
         files.state.display()
     );
     let warmup = cfg.warmup;
+    let fill = augment_fill(cfg, &palette);
     let mut task = Finetune {
         cfg,
         source: &source,
         palette,
         objective,
+        classes: train.classes.clone(),
+        fill,
         fit_x: fit.tokens,
         fit_y: fit.labels,
         val_x: val.tokens,
@@ -417,11 +448,13 @@ pub fn finetune_parallel<D: ModelDevice>(
         steps: cfg.steps,
         lr: cfg.lr,
         warmup,
+        schedule: cfg.schedule,
         eval_every: cfg.eval_every,
         patience: Some(cfg.patience),
         stop_after,
         fused: true,
     };
+    trainer::check_data(&files, &cfg.data, resume, comm)?;
     let outcome = trainer::run_parallel(&mut task, start, &settings, &files, show, dp)?;
     // Measure the kept (best) checkpoint on the test split (every rank reads it: rank 0
     // wrote it before the loop's final barrier).
@@ -480,6 +513,8 @@ mod tests {
             batch: 7,
             lr: 1e-3,
             warmup: 0,
+            schedule: Default::default(),
+            augment: false,
             head_lr_scale: 1.0,
             gen_weight: 0.5,
             adam: crate::io::meta::AdamConfig::default(),
@@ -495,6 +530,8 @@ mod tests {
                 source: &source,
                 palette: palette.clone(),
                 objective,
+                classes: vec!["a".into(), "b".into(), "c".into()],
+                fill: Some(0),
                 fit_x: fit_x.clone(),
                 fit_y: fit_y.clone(),
                 val_x: Vec::new(),

@@ -118,6 +118,7 @@ impl<D: ModelDevice> Task<D> for Pretrain<'_> {
             title: "iGPT pretraining loss",
             y_label: "bits/dim",
             columns: vec![("train_bpd", "train"), ("val_bpd", "validation")],
+            scale: 1.0,
         }]
     }
     fn describe(&self, row: &LogRow) -> String {
@@ -207,6 +208,7 @@ pub fn pretrain_parallel<D: ModelDevice>(
         state: checkpoint_path(dir),
         best: None,
     };
+    let _lock = trainer::claim_folder(dir, comm)?;
     let saved = if resume {
         let ck = Checkpoint::load(&files.state)?;
         ensure!(
@@ -241,6 +243,9 @@ pub fn pretrain_parallel<D: ModelDevice>(
             .with_context(|| format!("{}: cannot create run folder", dir.display()))?;
     }
 
+    if cfg.val_images > 0 {
+        crate::data::ensure_two_splits(&cfg.data, "validation; or --val-images 0")?;
+    }
     let side = cfg.model.side;
     let train =
         crate::data::tokenize::split(&cfg.data, Split::Train, palette, side, cfg.train_images)?;
@@ -308,11 +313,13 @@ pub fn pretrain_parallel<D: ModelDevice>(
         steps: cfg.steps,
         lr: cfg.lr,
         warmup: cfg.warmup,
+        schedule: super::Schedule::Cosine,
         eval_every: cfg.eval_every,
         patience: None,
         stop_after,
         fused: true,
     };
+    trainer::check_data(&files, &cfg.data, resume, comm)?;
     let out = trainer::run_parallel(&mut task, start, &settings, &files, show_progress, dp)?;
     Ok(Summary {
         steps: out.steps,

@@ -24,8 +24,9 @@
 
 use super::adamw::AdamW;
 use super::distributed::{model_fingerprint, Collective, DataParallel, Fingerprint, Shard};
-use super::schedule::lr_at;
+use super::schedule::{lr_with, Schedule};
 use crate::io::checkpoint::{Checkpoint, LoopProgress, RngState, TrainState};
+use crate::io::lock::RunLock;
 use crate::io::plot::{self, Series};
 use crate::nn::device::ModelDevice;
 use crate::nn::{Gpt, ParamName};
@@ -85,6 +86,8 @@ pub struct Curve {
     /// `(column, legend label)` pairs; training columns are drawn as lines, evaluation
     /// columns with markers.
     pub columns: Vec<(&'static str, &'static str)>,
+    /// Multiplies the logged values (100: accuracies logged as fractions drawn as %).
+    pub scale: f64,
 }
 
 /// The loop's settings.
@@ -94,8 +97,10 @@ pub struct Settings {
     pub steps: u64,
     /// Peak learning rate.
     pub lr: f64,
-    /// Linear warmup steps (then cosine decay to 0 at `steps`).
+    /// Linear warmup steps.
     pub warmup: u64,
+    /// After the warmup: cosine decay to 0 at `steps`, or constant.
+    pub schedule: Schedule,
     /// Evaluate, log and checkpoint every N steps (and at the last step).
     pub eval_every: u64,
     /// Stop after this many evaluations without a better score (`None`: never early).
@@ -191,6 +196,50 @@ impl<D: ModelDevice> Start<D> {
     }
 }
 
+/// Takes the run lock of `dir` ([`crate::io::lock`]) on rank 0, before anything of the
+/// run is read or written; hold the result for the whole run. Other ranks write nothing
+/// and take no lock.
+pub fn claim_folder(dir: &Path, comm: &dyn Collective) -> Result<Option<RunLock>> {
+    if comm.is_root() {
+        RunLock::acquire(dir).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+/// The data fingerprint of a run folder ([`crate::data::fingerprint`]).
+pub const DATA_FINGERPRINT: &str = "data-fingerprint.json";
+
+/// Records the fingerprint of `data` in a fresh run's folder, or on `resume` checks it
+/// against the one recorded (a run folder from before fingerprints gets one now). Rank 0
+/// only; call it once the run's other checks passed, before the loop.
+pub fn check_data(
+    files: &RunFiles,
+    data: &Path,
+    resume: bool,
+    comm: &dyn Collective,
+) -> Result<()> {
+    use crate::data::fingerprint::DataFingerprint;
+    if !comm.is_root() {
+        return Ok(());
+    }
+    let path = files.dir.join(DATA_FINGERPRINT);
+    let now = DataFingerprint::of(data)?;
+    if resume && path.exists() {
+        let bytes = crate::io::read_limited(&path, 64 << 20)?;
+        let recorded: DataFingerprint = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{}: not a data fingerprint", path.display()))?;
+        if let Some(diff) = recorded.difference(&now, data) {
+            bail!(
+                "{diff}: the data changed since this run started ({}); resume with its data, or start a new run",
+                path.display()
+            );
+        }
+        return Ok(());
+    }
+    crate::io::write_atomic(&path, serde_json::to_string_pretty(&now)?.as_bytes())
+}
+
 /// What a run did.
 #[derive(Debug, Clone)]
 pub struct Outcome {
@@ -270,6 +319,12 @@ pub fn run_parallel<D: ModelDevice, T: Task<D>>(
     gpt.fused = settings.fused;
     let n_train = task.train_columns().len();
     let first = opt.step;
+    ensure!(
+        first <= settings.steps,
+        "{}: saved at step {first}, past --steps {}; resume with --steps {first} or more",
+        files.state.display(),
+        settings.steps
+    );
     if comm.size() > 1 {
         // Every rank starts from the same point (step, data RNG, parameters).
         let rs = RngState::of(&rng);
@@ -306,7 +361,13 @@ pub fn run_parallel<D: ModelDevice, T: Task<D>>(
     while step < end && !stopped_early {
         let t_step = Instant::now();
         let (reduce0, stage0) = (dp.reduce_s, dp.stage_s);
-        let lr = lr_at(step, settings.lr, settings.warmup, settings.steps);
+        let lr = lr_with(
+            settings.schedule,
+            step,
+            settings.lr,
+            settings.warmup,
+            settings.steps,
+        );
         let (loss, metrics) = task.loss(&gpt, &mut rng, shard)?;
         ensure!(
             metrics.len() == n_train,
@@ -532,7 +593,10 @@ fn write_log<D: ModelDevice, T: Task<D>>(
                     f64::NAN
                 }
             };
-            let points: Vec<(f64, f64)> = rows.iter().map(|r| (r.step as f64, pick(r))).collect();
+            let points: Vec<(f64, f64)> = rows
+                .iter()
+                .map(|r| (r.step as f64, curve.scale * pick(r)))
+                .collect();
             if points.iter().any(|p| p.1.is_finite()) {
                 series.push(Series {
                     label: label.to_string(),

@@ -17,6 +17,7 @@ use super::super::logistic::{eval_flat, lbfgs, FitReport, Logistic, Standardizer
 use anyhow::{ensure, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
+use rayon::prelude::*;
 
 /// Settings of a probe: the L2 search and the solver.
 #[derive(Debug, Clone)]
@@ -329,6 +330,9 @@ pub struct LayerResult {
     pub val_accuracy: f64,
     /// Test accuracy of the probe refitted on the whole training set.
     pub test_accuracy: f64,
+    /// Per test image, whether that probe classified it right (paired comparisons of two
+    /// probes on the same images: [`crate::eval::paired`]).
+    pub test_correct: Vec<bool>,
     /// The refitted probe and its standardisation.
     pub head: Logistic,
     /// Standardisation of the features.
@@ -370,11 +374,18 @@ pub fn probe_features(
     );
     let head = Logistic::from_theta(&theta, classes, d);
     let ex: Vec<Vec<f32>> = test_x.iter().map(|r| standardizer.apply(r)).collect();
+    let test_correct: Vec<bool> = ex
+        .par_iter()
+        .zip(test_y)
+        .map(|(r, &y)| head.predict(r) == y as usize)
+        .collect();
+    let right = test_correct.iter().filter(|&&c| c).count();
     Ok(LayerResult {
         l2: best.l2,
         val_loss: best.val_loss,
         val_accuracy: best.val_accuracy,
-        test_accuracy: head.accuracy(&ex, test_y),
+        test_accuracy: right as f64 / test_correct.len().max(1) as f64,
+        test_correct,
         head,
         standardizer,
         report,
