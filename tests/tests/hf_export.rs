@@ -178,6 +178,11 @@ fn export_then_import_is_exact() {
         ("rgb lm", seeded(rgb_palette(512, 1), None, 1)),
         ("grey lm", seeded(grey_palette(16), None, 2)),
         ("rgb classifier", seeded(rgb_palette(40, 3), Some(7), 3)),
+        ("named classifier", {
+            let mut ck = seeded(grey_palette(8), Some(3), 4);
+            ck.classes = Some(vec!["coat".into(), "bag".into(), "ankle boot".into()]);
+            ck
+        }),
     ];
     for (what, ck) in &cases {
         let back = round_trip(ck, &dir.path().join(what.replace(' ', "-")));
