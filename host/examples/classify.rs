@@ -37,8 +37,7 @@ fn run() -> anyhow::Result<()> {
         "usage: classify [--model MODEL.igpt] IMAGE..."
     );
     let mut classifier = igpt::Classifier::open(&model)?;
-    for image in &args {
-        let c = classifier.classify_path(image)?;
+    for (image, c) in args.iter().zip(classifier.classify_paths(&args)?) {
         println!(
             "{image}: class {} {} (p = {:.3})",
             c.class,

@@ -27,7 +27,8 @@ enum Cmd {
     Info(cli::data::InfoArgs),
     /// Summarise a dataset: image count, size and images per class.
     Data(cli::data::DataArgs),
-    /// Convert a HuggingFace ImageGPT checkpoint (config.json + model.safetensors).
+    /// Convert a HuggingFace ImageGPT checkpoint (config.json + model.safetensors, or an
+    /// HF folder with --dir).
     ImportHf(cli::train::ImportHfArgs),
     /// Write a checkpoint as a HuggingFace ImageGPT folder that transformers loads.
     ExportHf(cli::hf::ExportHfArgs),

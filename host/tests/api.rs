@@ -30,7 +30,8 @@ fn classifier_matches_the_int8_path_and_names_classes() {
     for path in example_images() {
         let got = c.classify_path(&path).unwrap();
         let tokens = igpt::data::tokenize::image(&path, model.palette(), side).unwrap();
-        let want = &igpt::int8::run::classify_all(&model, &[tokens.clone()]).unwrap()[0];
+        let want =
+            &igpt::int8::run::classify_all(&model, std::slice::from_ref(&tokens)).unwrap()[0];
         assert_eq!(got.class, want.class, "{}", path.display());
         assert_eq!(got.probs, want.probs.to_vec());
         assert_eq!(got.label, labels[got.class]);
@@ -44,6 +45,12 @@ fn classifier_matches_the_int8_path_and_names_classes() {
             got.probability()
         );
     }
+    // One call for many images gives what one call per image gives.
+    let each: Vec<_> = example_images()
+        .iter()
+        .map(|p| c.classify_path(p).unwrap())
+        .collect();
+    assert_eq!(c.classify_paths(&example_images()).unwrap(), each);
     // The shipped model gets these three Fashion-MNIST test images right.
     let names: Vec<String> = example_images()
         .iter()
@@ -65,6 +72,10 @@ fn classifier_errors_name_the_file() {
     let err = c.classify_path(dir.path().join("none.png")).unwrap_err();
     assert!(format!("{err:#}").contains("none.png"), "{err:#}");
     assert!(c.classify_tokens(&[0; 3]).is_err(), "wrong length");
+    let mut batch = example_images();
+    batch.insert(1, dir.path().join("gone.png"));
+    let err = c.classify_paths(&batch).unwrap_err();
+    assert!(format!("{err:#}").contains("gone.png"), "{err:#}");
 }
 
 #[test]

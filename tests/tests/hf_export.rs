@@ -178,6 +178,11 @@ fn export_then_import_is_exact() {
         ("rgb lm", seeded(rgb_palette(512, 1), None, 1)),
         ("grey lm", seeded(grey_palette(16), None, 2)),
         ("rgb classifier", seeded(rgb_palette(40, 3), Some(7), 3)),
+        ("named classifier", {
+            let mut ck = seeded(grey_palette(8), Some(3), 4);
+            ck.classes = Some(vec!["coat".into(), "bag".into(), "ankle boot".into()]);
+            ck
+        }),
     ];
     for (what, ck) in &cases {
         let back = round_trip(ck, &dir.path().join(what.replace(' ', "-")));
@@ -268,7 +273,7 @@ fn half_precision_weights_import_exactly() {
         // Values every dtype holds exactly: f16 normals in [2^-10, 2^5) and their negatives.
         for (_, m) in ck.params.iter_mut() {
             for x in &mut m.data {
-                let bits: u16 = rng.gen_range(5u16..20) << 10 | rng.gen_range(0u16..1024);
+                let bits: u16 = (rng.gen_range(5u16..20) << 10) | rng.gen_range(0u16..1024);
                 let v = hf::f16_to_f32(bits);
                 *x = if rng.gen() { v } else { -v };
                 if dtype == Dtype::BF16 {
@@ -282,4 +287,30 @@ fn half_precision_weights_import_exactly() {
         let back = hf::import(ck.config, &narrowed).unwrap();
         assert!(back.params == ck.params, "{dtype:?}: weights differ");
     }
+}
+
+/// HF's clusters (`clusters_u8 / 127.5 - 1` in f32, from the palette fixture) read back
+/// as exactly HF's colours, and the clusters export-hf writes are HF's f32 values bit for
+/// bit.
+#[test]
+fn clusters_match_hf_in_both_directions() {
+    let f = &cases_with(&["clusters", "clusters_u8"]).unwrap()[0];
+    let (_, want_u8) = f.u8("clusters_u8").unwrap();
+    let (_, clusters) = f.f32("clusters").unwrap();
+    let rows: Vec<String> = clusters
+        .chunks_exact(3)
+        .map(|c| format!("[{}, {}, {}]", c[0], c[1], c[2]))
+        .collect();
+    let json = format!("{{\"clusters\": [{}]}}", rows.join(", "));
+    let palette = hf::palette_from_preprocessor(&json).unwrap();
+    assert_eq!((palette.channels(), palette.centres()), (3, &want_u8[..]));
+    let written = hf_export::preprocessor_json(&palette, 32);
+    let nums: Vec<u32> = written
+        .split(['[', ']', ',', '\n', ' '])
+        .filter_map(|t| t.parse::<f64>().ok())
+        .map(|x| (x as f32).to_bits())
+        .collect();
+    // The numbers of the file: the clusters, then the side (height, width).
+    let want: Vec<u32> = clusters.iter().map(|x| x.to_bits()).collect();
+    assert_eq!(nums[..want.len()], want[..]);
 }

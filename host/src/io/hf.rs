@@ -233,8 +233,28 @@ pub fn import_files(config_path: &Path, weights_path: &Path) -> Result<Checkpoin
     let config = config_from_json(&text)
         .with_context(|| format!("{}: bad ImageGPT config", config_path.display()))?;
     let bytes = crate::io::read(weights_path)?;
-    import(config, &bytes)
-        .with_context(|| format!("{}: bad ImageGPT weights", weights_path.display()))
+    let mut ck = import(config, &bytes)
+        .with_context(|| format!("{}: bad ImageGPT weights", weights_path.display()))?;
+    if let Some(score) = &ck.params.score {
+        ck.classes = class_names(&text, score.rows);
+    }
+    Ok(ck)
+}
+
+/// A classifier's class names from `config.json`'s `id2label` (ids `0..classes`), unless
+/// they are HF's placeholders `LABEL_0` .. (then `None`, as for a model without names).
+pub fn class_names(config_text: &str, classes: usize) -> Option<Vec<String>> {
+    let v: serde_json::Value = serde_json::from_str(config_text).ok()?;
+    let c = v.get("config").unwrap_or(&v);
+    let id2label = c.get("id2label")?;
+    let names: Vec<String> = (0..classes)
+        .map(|i| id2label.get(i.to_string())?.as_str().map(String::from))
+        .collect::<Option<_>>()?;
+    let placeholders = names
+        .iter()
+        .enumerate()
+        .all(|(i, n)| *n == format!("LABEL_{i}"));
+    (!placeholders).then_some(names)
 }
 
 /// The palette of an HF `preprocessor_config.json`: its `clusters`, k rows of RGB values
@@ -303,6 +323,19 @@ mod tests {
         assert_eq!(bf16_to_f32(0x3f80), 1.0);
         assert_eq!(bf16_to_f32(0xc0a0), -5.0);
         assert_eq!(bf16_to_f32(0x3eaa), 0.332_031_25);
+    }
+
+    #[test]
+    fn class_names_come_from_id2label_unless_placeholders() {
+        let named = r#"{"id2label": {"0": "coat", "1": "bag"}}"#;
+        assert_eq!(
+            class_names(named, 2),
+            Some(vec!["coat".into(), "bag".into()])
+        );
+        assert_eq!(class_names(named, 3), None, "a missing id");
+        let hf = r#"{"config": {"id2label": {"0": "LABEL_0", "1": "LABEL_1"}}}"#;
+        assert_eq!(class_names(hf, 2), None);
+        assert_eq!(class_names("{}", 2), None);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! loads with `from_pretrained(folder)`, the inverse of [`super::hf`].
 //!
 //! - `config.json`: the model's shape in HF's keys, with everything that changes the
-//!   math pinned to iGPT's (quick_gelu, ε = 1e-5, attention scaled by the head width).
+//!   math pinned to iGPT's (quick_gelu, ε = 1e-5, attention scaled by the head width);
+//!   a classifier's class names as `id2label` (HF's `LABEL_i` when it has none).
 //! - `model.safetensors`: every tensor under its HF state-dict name and layout. The q,
 //!   k, v projections become HF's fused `c_attn` `[d, 3d]` (their column blocks); block
 //!   projections stay `[in, out]` (HF's `Conv1D`), the heads `[out, in]`; norm gains are
@@ -104,11 +105,20 @@ pub fn config_json(ck: &Checkpoint) -> String {
     });
     if let Some(score) = &ck.params.score {
         v["architectures"] = serde_json::json!(["ImageGPTForImageClassification"]);
-        let id2label: serde_json::Map<String, serde_json::Value> = (0..score.rows)
-            .map(|i| (i.to_string(), format!("LABEL_{i}").into()))
+        // The checkpoint's class names, else HF's placeholders.
+        let names: Vec<String> = match &ck.classes {
+            Some(n) if n.len() == score.rows => n.clone(),
+            _ => (0..score.rows).map(|i| format!("LABEL_{i}")).collect(),
+        };
+        let id2label: serde_json::Map<String, serde_json::Value> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (i.to_string(), n.clone().into()))
             .collect();
-        let label2id: serde_json::Map<String, serde_json::Value> = (0..score.rows)
-            .map(|i| (format!("LABEL_{i}"), i.into()))
+        let label2id: serde_json::Map<String, serde_json::Value> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i.into()))
             .collect();
         v["id2label"] = id2label.into();
         v["label2id"] = label2id.into();
