@@ -125,3 +125,54 @@ fn shipped_model_loads_exports_and_classifies() {
         "int8 {bits8} vs f32 {bits32}"
     );
 }
+
+#[test]
+fn shipped_finetuned_classifier_is_its_export_and_classifies() {
+    let ck = Checkpoint::load(path("models/fm-ft-6x192.safetensors").as_ref()).unwrap();
+    assert!(ck.state.is_none(), "the shipped checkpoint is weights only");
+    assert_eq!(ck.config, Config::new(16, 14, 192, 6, 6).unwrap());
+    let args = ck
+        .finetune
+        .as_ref()
+        .expect("the fine-tuning run's arguments");
+    assert_eq!(args.batch, 32);
+    let names = ck.classes.clone().expect("the class names are kept");
+    assert_eq!(names.len(), 10);
+
+    // The int8 file is the export of this checkpoint with its own class head.
+    let head = igpt::int8::export::class_head(&ck).unwrap();
+    let (exported, _) = igpt::int8::export::export(&ck, Some(&head), false).unwrap();
+    let bytes = std::fs::read(path("models/fm-ft-6x192.igpt")).unwrap();
+    assert!(
+        exported == bytes,
+        "models/fm-ft-6x192.igpt is not the export of the committed fine-tuned checkpoint"
+    );
+    let m = Model::parse(&bytes).unwrap();
+    assert_eq!(m.probe().map(|p| p.0), Some(ck.config.layers));
+
+    // The first 200 test images of the embedded subset: both classifiers, same images.
+    let ev = igpt::int8::run::eval(
+        &m,
+        path("data/fashion-mnist-subset").as_ref(),
+        Some(&ck),
+        200,
+        0,
+        false,
+    )
+    .unwrap();
+    let f32_acc = ev.f32_accuracy.unwrap();
+    let agree = ev.agreement.unwrap();
+    eprintln!(
+        "fine-tuned classifier, 200 subset test images: int8 {:.1}%, f32 {:.1}%, agreement {:.1}%",
+        100.0 * ev.int8_accuracy,
+        100.0 * f32_acc,
+        100.0 * agree
+    );
+    assert!(f32_acc >= 0.82, "f32 accuracy {f32_acc}");
+    assert!(
+        ev.int8_accuracy >= 0.82,
+        "int8 accuracy {}",
+        ev.int8_accuracy
+    );
+    assert!(agree >= 0.97, "int8 / f32 agreement {agree}");
+}
