@@ -1431,7 +1431,7 @@ fn noise_jpeg(keep: Option<usize>) -> Vec<u8> {
 }
 
 #[test]
-fn issue28_nothing_lost_nothing_silently_wrong() {
+fn nothing_lost_nothing_silently_wrong() {
     use igpt::io::checkpoint::Checkpoint;
     use igpt::nn::ParamName;
     let tmp = tempfile::tempdir().unwrap();
@@ -2435,7 +2435,7 @@ fn issue28_nothing_lost_nothing_silently_wrong() {
         ));
     }
 
-    run_table("issue 28 cases", cases);
+    run_table("nothing lost, nothing silently wrong", cases);
     assert_eq!(
         snapshot(&i.dir),
         before,
@@ -2475,7 +2475,7 @@ fn leftovers(dir: &Path) -> Vec<PathBuf> {
 }
 
 #[test]
-fn issue28_one_run_per_folder() {
+fn one_run_per_folder() {
     let tmp = tempfile::tempdir().unwrap();
     let i = inputs(tmp.path());
     let t = tmp.path();
@@ -2656,7 +2656,7 @@ fn issue28_one_run_per_folder() {
 }
 
 #[test]
-fn issue28_interrupts_leave_old_or_new_files_and_resume_exactly() {
+fn interrupts_leave_old_or_new_files_and_resume_exactly() {
     let tmp = tempfile::tempdir().unwrap();
     let i = inputs(tmp.path());
     let t = tmp.path();
