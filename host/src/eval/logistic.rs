@@ -113,12 +113,16 @@ impl Logistic {
 
     /// Accuracy on labelled rows.
     pub fn accuracy(&self, x: &[Vec<f32>], y: &[u16]) -> f64 {
-        let right = x
-            .par_iter()
-            .zip(y)
-            .filter(|(r, &l)| self.predict(r) == l as usize)
-            .count();
+        let right = self.correct(x, y).iter().filter(|&&c| c).count();
         right as f64 / x.len().max(1) as f64
+    }
+
+    /// Per labelled row, whether the head classifies it right.
+    pub fn correct(&self, x: &[Vec<f32>], y: &[u16]) -> Vec<bool> {
+        x.par_iter()
+            .zip(y)
+            .map(|(r, &l)| self.predict(r) == l as usize)
+            .collect()
     }
 
     /// Mean cross-entropy on labelled rows, in f64.

@@ -17,7 +17,6 @@ use super::super::logistic::{eval_flat, lbfgs, FitReport, Logistic, Standardizer
 use anyhow::{ensure, Result};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
-use rayon::prelude::*;
 
 /// Settings of a probe: the L2 search and the solver.
 #[derive(Debug, Clone)]
@@ -374,11 +373,7 @@ pub fn probe_features(
     );
     let head = Logistic::from_theta(&theta, classes, d);
     let ex: Vec<Vec<f32>> = test_x.iter().map(|r| standardizer.apply(r)).collect();
-    let test_correct: Vec<bool> = ex
-        .par_iter()
-        .zip(test_y)
-        .map(|(r, &y)| head.predict(r) == y as usize)
-        .collect();
+    let test_correct = head.correct(&ex, test_y);
     let right = test_correct.iter().filter(|&&c| c).count();
     Ok(LayerResult {
         l2: best.l2,
